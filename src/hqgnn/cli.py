@@ -1,0 +1,244 @@
+"""Command line: ``hqgnn train | evaluate | data stats | demo | export | recommend | similar | serve | experiment``.
+
+Bad input of any kind ends in one line on stderr (``hqgnn: error: ...``) and
+exit status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import HQGNNError
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=_jsonable)
+
+
+def _jsonable(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+# ---------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    from .api import Recommender
+    from .config import Config
+
+    extra = {"model": args.model, "bits": args.bits, "seed": args.seed, "device": args.device, "from_run": args.from_run,
+             "epochs": args.epochs, "data": args.data}
+    cfg = Config.load(args.config, args.set, extra)
+    out = Path(args.out)
+    if out.exists() and (out / "metrics.json").exists() and not args.resume and not args.overwrite:
+        raise HQGNNError(f"{out}: a finished run is already there (use --resume to continue it or --overwrite)")
+    if out.exists() and (out / "checkpoint.pt").exists() and not args.resume and not args.overwrite:
+        raise HQGNNError(f"{out}: holds a checkpoint of an unfinished run (use --resume to continue it or --overwrite)")
+    rec = Recommender(config=cfg, model=cfg.model)
+    metrics = rec.fit(cfg.data, out_dir=out, resume=args.resume, progress=not args.quiet)
+    print(_json(metrics))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .api import Recommender
+
+    rec = Recommender.load(args.run_dir, data=args.data, device=args.device)
+    print(_json(rec.evaluate(split=args.split, ks=args.k)))
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    from .api import prepare_data
+    from .config import Config
+
+    cfg = Config.load(None, args.set, {"data": args.path, "val_fraction": 0.0})
+    print(_json(prepare_data(cfg).stats()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Train LightGCN and 1-bit / 4-bit HQ-GNN on the embedded synthetic data; print a table."""
+    from .api import Recommender
+    from .config import Config
+    from .evaluation import evaluate_popularity
+
+    base = Config.load(args.config or _default_config("synthetic-demo.yaml"), args.set, {"data": "synthetic", "device": args.device})
+    out = Path(args.out)
+    rows = []
+    data = None
+    for name, settings in (("lightgcn", {"model": "lightgcn"}), ("hqgnn 4-bit", {"model": "hqgnn", "bits": 4}), ("hqgnn 1-bit", {"model": "hqgnn", "bits": 1})):
+        rec = Recommender(config=base, **settings)
+        if data is None:
+            from .api import prepare_data
+
+            data = prepare_data(base)
+        m = rec.fit(data, out_dir=out / name.replace(" ", "-"), progress=not args.quiet)
+        rows.append((name, m))
+    from .training import excluded_for
+
+    pop = evaluate_popularity(data.train, data.test, excluded_for("test", data), ks=base.ks)
+    rows.append(("popularity", pop))
+    print(f"\nsynthetic data: {data.n_users} users, {data.n_items} items, {data.train.nnz} training interactions (test split)")
+    print(f"{'model':<14}{'recall@20':>11}{'ndcg@20':>10}{'recall@50':>11}{'ndcg@50':>10}{'seconds':>9}")
+    for name, m in rows:
+        print(f"{name:<14}{m['recall@20']:>11.4f}{m['ndcg@20']:>10.4f}{m['recall@50']:>11.4f}{m['ndcg@50']:>10.4f}{m.get('train_seconds', 0):>9.1f}")
+    print(f"\nruns written under {out}/")
+    return 0
+
+
+def _default_config(name: str) -> Optional[str]:
+    from importlib import resources
+
+    path = resources.files("hqgnn") / "default_configs" / name
+    return str(path) if path.is_file() else None
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    info = export_run(args.run_dir, args.out_file, data=args.data)
+    print(_json(info))
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from .export import recommend_from_artifact
+
+    print(_json(recommend_from_artifact(args.artifact, user=args.user, users_file=args.users, k=args.k,
+                                        include_seen=args.include_seen, backend=args.backend)))
+    return 0
+
+
+def cmd_similar(args) -> int:
+    from .export import similar_from_artifact
+
+    print(_json(similar_from_artifact(args.artifact, item=args.item, k=args.k, backend=args.backend)))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serving import serve
+
+    serve(args.artifact, host=args.host, port=args.port, workers=args.workers, fallback=args.fallback,
+          max_batch=args.max_batch)
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from .experiment import run_experiment
+
+    run_experiment(args.file, out_dir=args.out, progress=not args.quiet)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hqgnn", description="Hessian-aware quantized graph recommenders (HQ-GNN).")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"hqgnn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and write a run folder")
+    t.add_argument("--data", help="LightGCN folder (train.txt/test.txt), .inter/.csv/.tsv/.parquet file, or 'synthetic'")
+    t.add_argument("--model", help="lightgcn | mf | hqgnn | ste | hashgnn | lsh | ptq")
+    t.add_argument("--bits", type=int, help="bit width 1..8 of the quantized models")
+    t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--config", help="YAML file of settings")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings, e.g. --set lr=0.01 dim=32")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--device", help="auto | cpu | cuda")
+    t.add_argument("--from", dest="from_run", help="trained lightgcn run folder (for lsh and ptq)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="full-ranking metrics of a trained run, as JSON")
+    e.add_argument("run_dir")
+    e.add_argument("--data", help="data to evaluate on (default: the run's own)")
+    e.add_argument("--k", type=int, nargs="+", help="cut-offs, e.g. --k 20 50 100")
+    e.add_argument("--split", default="test", choices=["test", "valid"])
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("data", help="data set tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("stats", help="users, items, interactions, density, degree quantiles")
+    ds.add_argument("path")
+    ds.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    ds.set_defaults(func=cmd_data_stats)
+
+    m = sub.add_parser("demo", help="train and evaluate on the embedded synthetic data set")
+    m.add_argument("--out", default="runs/demo")
+    m.add_argument("--config")
+    m.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    m.add_argument("--device", default="auto")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("export", help="write a self-describing artifact of a trained run")
+    x.add_argument("run_dir")
+    x.add_argument("out_file")
+    x.add_argument("--data", help="the run's data, if it moved")
+    x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("recommend", help="top-K items for users, from an exported artifact")
+    r.add_argument("artifact")
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="an original user id")
+    who.add_argument("--users", help="a file with one original user id per line")
+    r.add_argument("--k", type=int, default=50)
+    r.add_argument("--include-seen", action="store_true", help="do not exclude the user's training items")
+    r.add_argument("--backend", default="exact", help="exact | faiss-flat | faiss-hnsw | faiss-ivf (1 bit)")
+    r.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("similar", help="item-to-item neighbours from an exported artifact")
+    s.add_argument("artifact")
+    s.add_argument("--item", required=True, help="an original item id")
+    s.add_argument("--k", type=int, default=20)
+    s.add_argument("--backend", default="exact")
+    s.set_defaults(func=cmd_similar)
+
+    v = sub.add_parser("serve", help="serve an exported artifact over HTTP")
+    v.add_argument("artifact")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--workers", type=int, default=1)
+    v.add_argument("--fallback", choices=["none", "popular"], default="none")
+    v.add_argument("--max-batch", type=int, default=1024)
+    v.set_defaults(func=cmd_serve)
+
+    g = sub.add_parser("experiment", help="run a grid of data sets x models x bits x seeds (resumable)")
+    g.add_argument("file", help="experiment YAML")
+    g.add_argument("--out", help="output folder (default: from the file)")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_experiment)
+    return p
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HQGNNError as exc:
+        print(f"hqgnn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hqgnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

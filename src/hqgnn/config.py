@@ -1,0 +1,215 @@
+"""Run settings, layered as in RecBole: defaults < YAML file < command line (--set key=value).
+
+Every setting is a field of ``Config`` with a type and a valid range; an
+unknown key or an out-of-range value raises ``ConfigError`` naming both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+MODELS = ("lightgcn", "mf", "hqgnn", "ste", "hashgnn", "lsh", "ptq")
+QUANTIZED_MODELS = ("hqgnn", "ste", "hashgnn", "lsh", "ptq")
+POST_HOC_MODELS = ("lsh", "ptq")
+
+
+@dataclass
+class Config:
+    # model
+    model: str = "lightgcn"
+    dim: int = 64
+    layers: int = 3
+    layer_weights: Optional[list] = None
+    init_std: float = 0.1
+    # quantization (models hqgnn, ste, hashgnn, lsh, ptq)
+    bits: int = 4
+    estimator: str = "gste"  # gste | ste (hqgnn); ste is the delta = 0 ablation
+    scale_mode: str = "learned"  # learned (LSQ gradient, data-driven init) | calibrated (from batch statistics)
+    fp_loss_weight: float = 0.0  # weight of an extra full-precision BPR term (ablation)
+    hutchinson_probes: int = 50
+    hutchinson_tol: float = 1e-3
+    hutchinson_batches: int = 3
+    delta_every: int = 10  # epochs between Hessian-trace estimates
+    delta_warmup: int = 0  # epochs with delta = 0 before the first estimate
+    hashgnn_soft: bool = False
+    hashgnn_soft_p0: float = 1.0  # probability of using the continuous value at epoch 0
+    hashgnn_soft_decay: float = 0.9  # multiplied into that probability each epoch
+    from_run: Optional[str] = None  # trained full-precision run for lsh / ptq
+    # training
+    epochs: int = 1000
+    batch_size: int = 2048
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (from lr down to lr * lr_min_ratio over `epochs`)
+    lr_min_ratio: float = 0.01
+    weight_decay: float = 1e-4
+    max_train_seconds: Optional[float] = None
+    eval_every: int = 10
+    eval_split: str = "valid"  # split monitored during training: valid (if any) or test
+    early_stop_metric: str = "recall@20"
+    patience: int = 10  # evaluations without improvement before stopping; 0 disables
+    val_fraction: float = 0.1
+    seed: int = 2020
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # evaluation
+    ks: list = field(default_factory=lambda: [20, 50, 100])
+    eval_batch_size: int = 4096
+    # data
+    data: Optional[str] = None  # a LightGCN folder, a .inter/.csv/.tsv/.parquet file, or "synthetic"
+    test_fraction: float = 0.2  # only for single-file inputs without a split
+    split_seed: int = 2020
+    user_column: Optional[str] = None
+    item_column: Optional[str] = None
+    synthetic_users: int = 3000
+    synthetic_items: int = 2000
+    synthetic_seed: int = 0
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> "Config":
+        def need(cond: bool, key: str, expect: str) -> None:
+            if not cond:
+                raise ConfigError(f"setting {key}={getattr(self, key)!r} is out of range: expected {expect}")
+
+        need(self.model in MODELS, "model", " | ".join(MODELS))
+        need(self.dim >= 1, "dim", ">= 1")
+        need(self.layers >= 0, "layers", ">= 0")
+        if self.layer_weights is not None:
+            need(len(self.layer_weights) == self.layers + 1, "layer_weights", f"a list of layers + 1 = {self.layers + 1} numbers")
+        need(self.init_std > 0, "init_std", "> 0")
+        need(1 <= self.bits <= 8, "bits", "an integer from 1 to 8")
+        need(self.estimator in ("gste", "ste"), "estimator", "gste | ste")
+        need(self.scale_mode in ("learned", "calibrated"), "scale_mode", "learned | calibrated")
+        need(self.fp_loss_weight >= 0, "fp_loss_weight", ">= 0")
+        need(self.hutchinson_probes >= 1, "hutchinson_probes", ">= 1")
+        need(self.hutchinson_tol >= 0, "hutchinson_tol", ">= 0")
+        need(self.hutchinson_batches >= 1, "hutchinson_batches", ">= 1")
+        need(self.delta_every >= 1, "delta_every", ">= 1")
+        need(self.delta_warmup >= 0, "delta_warmup", ">= 0")
+        need(0 <= self.hashgnn_soft_p0 <= 1, "hashgnn_soft_p0", "a probability in [0, 1]")
+        need(0 <= self.hashgnn_soft_decay <= 1, "hashgnn_soft_decay", "in [0, 1]")
+        need(self.epochs >= 0, "epochs", ">= 0")
+        need(self.batch_size >= 1, "batch_size", ">= 1")
+        need(self.lr > 0, "lr", "> 0")
+        need(self.lr_schedule in ("constant", "cosine"), "lr_schedule", "constant | cosine")
+        need(0 <= self.lr_min_ratio <= 1, "lr_min_ratio", "in [0, 1]")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(self.max_train_seconds is None or self.max_train_seconds > 0, "max_train_seconds", "> 0 or null")
+        need(self.eval_every >= 1, "eval_every", ">= 1")
+        need(self.eval_split in ("valid", "test"), "eval_split", "valid | test")
+        need(self.patience >= 0, "patience", ">= 0")
+        need(0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto | cpu | cuda")
+        need(self.threads >= 0, "threads", ">= 0")
+        need(len(self.ks) > 0 and all(isinstance(k, int) and k >= 1 for k in self.ks), "ks", "a list of integers >= 1")
+        need(self.eval_batch_size >= 1, "eval_batch_size", ">= 1")
+        need(0 < self.test_fraction < 1, "test_fraction", "in (0, 1)")
+        need(self.synthetic_users >= 10, "synthetic_users", ">= 10")
+        need(self.synthetic_items >= 10, "synthetic_items", ">= 10")
+        metric, _, k = self.early_stop_metric.partition("@")
+        need(
+            metric in ("recall", "ndcg", "precision", "hit_rate") and k.isdigit() and int(k) in self.ks,
+            "early_stop_metric",
+            f"recall|ndcg|precision|hit_rate @ one of ks {self.ks}",
+        )
+        if self.model in POST_HOC_MODELS and not self.from_run:
+            raise ConfigError(f"setting model={self.model!r} needs from_run (a trained lightgcn run: --from RUN_DIR)")
+        return self
+
+    # ------------------------------------------------------------ layering
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def updated(self, values: dict, origin: str) -> "Config":
+        known = {f.name: f for f in dataclasses.fields(self)}
+        out = dataclasses.replace(self)
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown setting {key!r}")
+            setattr(out, key, _coerce(key, value, getattr(self, key), known[key], origin))
+        return out
+
+    @classmethod
+    def load(cls, path: Optional[str] = None, overrides: Optional[list] = None, extra: Optional[dict] = None) -> "Config":
+        """Defaults, then the YAML file, then ``extra`` (named CLI flags), then ``--set`` pairs."""
+        cfg = cls()
+        if path:
+            cfg = cfg.updated(read_yaml(path), str(path))
+        if extra:
+            cfg = cfg.updated({k: v for k, v in extra.items() if v is not None}, "command line")
+        if overrides:
+            cfg = cfg.updated(parse_overrides(overrides), "--set")
+        return cfg.validate()
+
+    def save(self, path: Path) -> None:
+        from .storage import write_text_atomic
+
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(pairs: list) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {pair!r}: cannot parse the value") from None
+    return out
+
+
+def _coerce(key: str, value: Any, default: Any, fld, origin: str) -> Any:
+    """Check a value against the field's type (taken from its default or annotation)."""
+    ann = str(fld.type)
+    if value is None:
+        if "Optional" in ann:
+            return None
+        raise ConfigError(f"{origin}: setting {key} cannot be null")
+    if "bool" in ann:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{origin}: setting {key}={value!r} must be true or false")
+    if "int" in ann and "float" not in ann:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{origin}: setting {key}={value!r} must be an integer")
+        return value
+    if "float" in ann:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{origin}: setting {key}={value!r} must be a number")
+        return float(value)
+    if "list" in ann:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{origin}: setting {key}={value!r} must be a list")
+        return value
+    if "str" in ann:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{origin}: setting {key}={value!r} must be a string")
+        return str(value)
+    return value

@@ -1,0 +1,133 @@
+"""Full-ranking evaluation (METHOD.md section 6).
+
+For every user with at least one held-out item: score all items, mask the
+items the user already has (training, and validation when scoring test), take
+the top max(K), and compute Recall / NDCG / Precision / HitRate at each K.
+Users are processed in batches on the device; the caller computes the final
+embeddings once per evaluation, so propagation is never repeated per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+METRICS = ("recall", "ndcg", "precision", "hit_rate")
+
+
+def csr_rows_to_dense_mask(m: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
+    """Boolean (len(rows), n_cols) mask of the nonzeros of the given CSR rows."""
+    sub = m[rows]
+    counts = np.diff(sub.indptr)
+    r = np.repeat(np.arange(len(rows)), counts)
+    mask = torch.zeros((len(rows), m.shape[1]), dtype=torch.bool, device=device)
+    if sub.nnz:
+        mask[torch.from_numpy(r).to(device), torch.from_numpy(sub.indices.astype(np.int64)).to(device)] = True
+    return mask
+
+
+def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks: Sequence[int]) -> dict:
+    """Sum over users of each metric, from a (users, max_k) 0/1 hit matrix in rank order."""
+    hits = hits.float()
+    max_k = hits.shape[1]
+    discounts = 1.0 / torch.log2(torch.arange(2, max_k + 2, device=hits.device, dtype=torch.float32))
+    out = {}
+    for k in ks:
+        kk = min(k, max_k)
+        h = hits[:, :kk]
+        n_hit = h.sum(1)
+        dcg = (h * discounts[:kk]).sum(1)
+        ideal_len = torch.clamp(n_relevant, max=kk).long()
+        idcg_table = torch.cat([torch.zeros(1, device=hits.device), torch.cumsum(discounts[:kk], 0)])
+        idcg = idcg_table[ideal_len]
+        out[f"recall@{k}"] = (n_hit / n_relevant).sum().item()
+        out[f"ndcg@{k}"] = (dcg / idcg).sum().item()
+        out[f"precision@{k}"] = (n_hit / k).sum().item()
+        out[f"hit_rate@{k}"] = (n_hit > 0).float().sum().item()
+    return out
+
+
+def rank_top_k(scores: torch.Tensor, exclude: Optional[torch.Tensor], k: int) -> torch.Tensor:
+    """Indices of the top-k columns per row, excluded columns never returned."""
+    if exclude is not None:
+        scores = scores.masked_fill(exclude, float("-inf"))
+    return torch.topk(scores, k=min(k, scores.shape[1]), dim=1).indices
+
+
+@torch.no_grad()
+def evaluate_scores(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    target: sp.csr_matrix,
+    exclude: Iterable[sp.csr_matrix],
+    ks: Sequence[int] = (20, 50, 100),
+    batch_size: int = 4096,
+    device: torch.device | str = "cpu",
+    users: Optional[np.ndarray] = None,
+) -> dict:
+    """Average metrics over users with at least one target item.
+
+    ``score_fn(user_index_tensor) -> (batch, n_items) scores``. ``exclude``
+    holds the interaction matrices whose items are masked (training, and
+    validation when ``target`` is the test split).
+    """
+    target = target.tocsr()
+    exclude = [e.tocsr() for e in exclude]
+    if users is None:
+        users = np.flatnonzero(np.diff(target.indptr) > 0)
+    ks = sorted(set(int(k) for k in ks))
+    max_k = max(ks)
+    totals = {f"{m}@{k}": 0.0 for m in METRICS for k in ks}
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        idx = torch.from_numpy(batch.astype(np.int64)).to(device)
+        scores = score_fn(idx)
+        mask = None
+        for e in exclude:
+            m = csr_rows_to_dense_mask(e, batch, device)
+            mask = m if mask is None else mask | m
+        top = rank_top_k(scores, mask, max_k)
+        relevant = csr_rows_to_dense_mask(target, batch, device)
+        hits = torch.gather(relevant, 1, top)
+        if mask is not None:
+            # when max(K) exceeds the unmasked items, topk also returns masked ones: never count them
+            hits &= ~torch.gather(mask, 1, top)
+        n_rel = torch.from_numpy(np.diff(target.indptr)[batch].astype(np.float32)).to(device)
+        for key, val in metrics_from_hits(hits, n_rel, ks).items():
+            totals[key] += val
+    n = max(len(users), 1)
+    out = {key: val / n for key, val in totals.items()}
+    out["users"] = int(len(users))
+    return out
+
+
+def evaluate_embeddings(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    target: sp.csr_matrix,
+    exclude: Iterable[sp.csr_matrix],
+    ks: Sequence[int] = (20, 50, 100),
+    batch_size: int = 4096,
+) -> dict:
+    """Full-ranking metrics when the score is the inner product of user and item embeddings."""
+    item_t = item_emb.t().contiguous()
+    return evaluate_scores(
+        lambda idx: user_emb[idx] @ item_t,
+        target,
+        exclude,
+        ks=ks,
+        batch_size=batch_size,
+        device=user_emb.device,
+    )
+
+
+def popularity_scores(train: sp.csr_matrix) -> np.ndarray:
+    """Item training counts: the popularity baseline every learned model must beat."""
+    return np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+
+
+def evaluate_popularity(train: sp.csr_matrix, target: sp.csr_matrix, exclude, ks=(20, 50, 100)) -> dict:
+    pop = torch.from_numpy(popularity_scores(train))
+    return evaluate_scores(lambda idx: pop.expand(len(idx), -1), target, exclude, ks=ks)

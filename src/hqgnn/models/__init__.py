@@ -1,0 +1,25 @@
+"""Models: the LightGCN encoder, quantizers and estimators, and the recommenders built on them."""
+
+from __future__ import annotations
+
+from ..config import Config
+from .base import ScoringModel
+from .encoder import LightGCN
+
+
+def build_encoder(cfg: Config, n_users: int, n_items: int) -> LightGCN:
+    layers = 0 if cfg.model == "mf" else cfg.layers
+    weights = cfg.layer_weights if cfg.model != "mf" else None
+    return LightGCN(n_users, n_items, dim=cfg.dim, layers=layers, layer_weights=weights, init_std=cfg.init_std)
+
+
+def build_model(cfg: Config, n_users: int, n_items: int) -> ScoringModel:
+    encoder = build_encoder(cfg, n_users, n_items)
+    if cfg.model in ("lightgcn", "mf"):
+        return ScoringModel(encoder)
+    from .quantized import build_quantized_model
+
+    return build_quantized_model(cfg, encoder)
+
+
+__all__ = ["LightGCN", "ScoringModel", "build_encoder", "build_model"]

@@ -1,0 +1,48 @@
+"""LightGCN encoder (He et al., SIGIR 2020); matrix factorisation is the L = 0 case.
+
+The layer-0 table E0 (users then items) is the only weight. The final
+embedding is E = sum_l alpha_l * A_hat^l E0 with alpha_l = 1 / (L + 1) unless
+other layer weights are given.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..graph import propagate
+
+
+class LightGCN(nn.Module):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 64,
+        layers: int = 3,
+        layer_weights: Optional[Sequence[float]] = None,
+        init_std: float = 0.1,
+    ):
+        super().__init__()
+        self.n_users, self.n_items, self.dim, self.layers = n_users, n_items, dim, layers
+        if layer_weights is None:
+            layer_weights = [1.0 / (layers + 1)] * (layers + 1)
+        if len(layer_weights) != layers + 1:
+            raise ValueError(f"layer_weights needs {layers + 1} values, got {len(layer_weights)}")
+        self.layer_weights = tuple(float(w) for w in layer_weights)
+        self.embedding = nn.Parameter(torch.empty(n_users + n_items, dim))
+        nn.init.normal_(self.embedding, std=init_std)
+
+    def forward(self, adj: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final (user, item) embeddings after propagation over ``adj``."""
+        if self.layers == 0 or adj is None:
+            out = self.embedding * self.layer_weights[0]
+        else:
+            out = propagate(adj, self.embedding, self.layer_weights)
+        return out[: self.n_users], out[self.n_users :]
+
+    def layer0(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer-0 rows of the given users and items (for the L2 penalty)."""
+        return self.embedding[users], self.embedding[self.n_users + items]

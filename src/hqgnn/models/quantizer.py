@@ -1,0 +1,140 @@
+"""The b-bit quantizer Q_b (b = 1 ... 8) and the GSTE that trains through it.
+
+Grid (METHOD.md section 3): a symmetric mid-rise grid with step ``s``,
+
+    z = x / s,   k = clamp(2 * floor(z) + 1, -(2^b - 1), 2^b - 1)  (k odd),
+    x_hat = s * k / 2.
+
+* b = 1 gives k = sign(x) in {-1, +1}: the 1-bit case *is* sign, and
+  <x_hat_u, x_hat_i> = (s_u s_i / 4) (d - 2 Hamming(u, i)).
+* For any b, <x_hat_u, x_hat_i> = (s_u s_i / 4) <k_u, k_i>, and s_u, s_i are
+  one positive scalar per table (users, items), so for a user the items rank
+  by the integer inner product <k_u, k_i>: retrieval is integer-only.
+* The unsigned code stored for retrieval is c = (k + 2^b - 1) / 2 in
+  [0, 2^b - 1] (for b = 1, the bit of sign).
+
+Clipping range: |z| <= 2^(b-1), i.e. |x| <= s * 2^(b-1).
+
+Scale parameterisation (a choice METHOD.md leaves open):
+
+* ``learned`` (default): s is a parameter per table, trained with the LSQ
+  gradient (Esser et al., 2020) and initialised from the data on the first
+  forward pass with the MSE-optimal clipping of a Gaussian. It follows the
+  embeddings as their spread changes during training, and for 1 bit it also
+  learns the BPR temperature (s_u s_i / 4).
+* ``calibrated``: s is recomputed from each forward's statistics (no
+  gradient), the same Gaussian rule. Cheaper, no extra parameter.
+
+Both keep b = 1 as sign and the same Q_b in training and export (``codes``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# MSE-optimal clipping threshold, in standard deviations, of a uniform quantizer
+# with 2^b levels applied to a Gaussian (b = 1: +-0.798 sigma levels, i.e. E|x|).
+GAUSSIAN_CLIP_SIGMAS = {1: 1.596, 2: 1.710, 3: 2.150, 4: 2.550, 5: 2.935, 6: 3.290, 7: 3.610, 8: 3.920}
+
+
+def grid_codes(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Odd integer levels k of normalised values z (as floats)."""
+    top = 2**bits - 1
+    return torch.clamp(2.0 * torch.floor(z) + 1.0, -top, top)
+
+
+def codes_to_unsigned(k: torch.Tensor, bits: int) -> torch.Tensor:
+    """Odd levels k in [-(2^b - 1), 2^b - 1] to unsigned codes c in [0, 2^b - 1] (uint8)."""
+    return ((k + (2**bits - 1)) / 2).round().to(torch.uint8)
+
+
+def unsigned_to_codes(c: torch.Tensor, bits: int) -> torch.Tensor:
+    return 2 * c.to(torch.int32) - (2**bits - 1)
+
+
+class GSTEQuantize(torch.autograd.Function):
+    """x_hat = Q_b(x; s). Backward: the GSTE for x, the LSQ gradient for s.
+
+    d L / d x = g * (1 + delta * sign(g) * (z - k / 2))   inside |z| <= 2^(b-1), else 0,
+    with z - k/2 the quantization error in units of the step s (so delta is
+    scale-free). delta = 0 is the clipped straight-through estimator.
+    ``clip_gradient=False`` passes g unchanged everywhere (identity STE, HashGNN).
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, bits: int, delta: float, clip_gradient: bool = True, scale_grad_factor: float = 1.0):
+        z = x / scale
+        k = grid_codes(z, bits)
+        ctx.save_for_backward(z, k, scale)
+        ctx.bits, ctx.delta, ctx.clip, ctx.sgf = bits, float(delta), clip_gradient, scale_grad_factor
+        return scale * k * 0.5
+
+    @staticmethod
+    def backward(ctx, g):
+        z, k, scale = ctx.saved_tensors
+        half = k * 0.5
+        limit = float(2 ** (ctx.bits - 1))
+        inside = (z.abs() <= limit).to(g.dtype)
+        if ctx.clip:
+            factor = inside
+            if ctx.delta != 0.0:
+                factor = factor * (1.0 + ctx.delta * torch.sign(g) * (z - half))
+            grad_x = g * factor
+        else:
+            grad_x = g
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            # LSQ: d x_hat / d s = k/2 - z inside the range, k/2 (the clipped level) outside
+            dxs = half - z * inside
+            grad_s = (g * dxs).sum().reshape(scale.shape) * ctx.sgf
+        return grad_x, grad_s, None, None, None, None
+
+
+class Quantizer(nn.Module):
+    """Q_b for one embedding table (users or items) with its own step s and GSTE delta."""
+
+    def __init__(self, bits: int, scale_mode: str = "learned", clip_gradient: bool = True):
+        super().__init__()
+        if not 1 <= bits <= 8:
+            raise ValueError(f"bits must be in 1..8, got {bits}")
+        self.bits = bits
+        self.scale_mode = scale_mode
+        self.clip_gradient = clip_gradient
+        self.scale = nn.Parameter(torch.ones(()), requires_grad=(scale_mode == "learned"))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("delta", torch.zeros(()))
+
+    def calibrated_scale(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        if self.bits == 1:
+            return 2.0 * x.abs().mean().clamp_min(1e-8)  # levels at +-E|x|
+        clip = GAUSSIAN_CLIP_SIGMAS[self.bits] * x.std().clamp_min(1e-8)
+        return clip / 2 ** (self.bits - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale_mode == "calibrated":
+            with torch.no_grad():
+                self.scale.copy_(self.calibrated_scale(x))
+                self.initialized.fill_(True)
+        elif not bool(self.initialized):
+            with torch.no_grad():
+                self.scale.copy_(self.calibrated_scale(x))
+                self.initialized.fill_(True)
+        sgf = 1.0 / math.sqrt(x.numel() * max(2 ** (self.bits - 1) - 0.5, 0.5))
+        return GSTEQuantize.apply(x, self.scale, self.bits, float(self.delta), self.clip_gradient, sgf)
+
+    @torch.no_grad()
+    def levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Odd integer levels k of x (int32), exactly those of the forward pass."""
+        return grid_codes(x / self.scale, self.bits).to(torch.int32)
+
+    @torch.no_grad()
+    def unsigned_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes c = (k + 2^b - 1) / 2 in [0, 2^b - 1] as uint8, for packing and retrieval."""
+        return codes_to_unsigned(grid_codes(x / self.scale, self.bits), self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, scale_mode={self.scale_mode}"

@@ -1,0 +1,46 @@
+"""BPR triples sampled in bulk: every training interaction once per epoch, one
+uniformly drawn negative per positive, negatives that the user has in training
+rejected and redrawn (vectorised over the rejected entries only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import DataError
+
+
+class TripleSampler:
+    def __init__(self, train: sp.csr_matrix):
+        train = train.tocsr()
+        self.n_users, self.n_items = train.shape
+        deg = np.diff(train.indptr)
+        self.users = np.repeat(np.arange(self.n_users, dtype=np.int64), deg)
+        self.items = train.indices.astype(np.int64)
+        # sorted keys user * n_items + item: membership test by binary search
+        self.keys = self.users * self.n_items + self.items
+        if self.keys.size and not np.all(self.keys[1:] >= self.keys[:-1]):
+            self.keys = np.sort(self.keys)
+        full = deg >= self.n_items
+        if full.any():
+            raise DataError(f"user {int(np.flatnonzero(full)[0])} has every item in training: no negative exists")
+
+    def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        q = users * self.n_items + items
+        pos = np.searchsorted(self.keys, q)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return self.keys[pos] == q
+
+    def negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        neg = rng.integers(0, self.n_items, size=len(users), dtype=np.int64)
+        bad = np.flatnonzero(self.is_positive(users, neg))
+        while bad.size:
+            neg[bad] = rng.integers(0, self.n_items, size=bad.size, dtype=np.int64)
+            bad = bad[self.is_positive(users[bad], neg[bad])]
+        return neg
+
+    def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(users, positives, negatives) for one epoch, in a random order."""
+        order = rng.permutation(len(self.users))
+        u, p = self.users[order], self.items[order]
+        return u, p, self.negatives(u, rng)

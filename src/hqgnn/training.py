@@ -1,0 +1,354 @@
+"""BPR training loop with evaluation, early stopping, atomic checkpoints and exact resume.
+
+Run folder layout (all written atomically):
+
+* ``config.yaml``      the resolved settings
+* ``history.jsonl``    one JSON line per evaluation (and per GSTE delta update)
+* ``checkpoint.pt``    latest state: weights, optimiser, epoch, best, history
+* ``model.pt``         the weights reported in ``metrics.json`` (best on the monitored split)
+* ``metrics.json``     final test metrics, ``train_seconds``, which split selected the model
+* ``data.json``        data fingerprint, sizes and id maps
+
+Every epoch draws its samples from ``numpy.random.default_rng([seed, epoch])``,
+so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data import InteractionData
+from .errors import CheckpointError
+from .evaluation import evaluate_embeddings
+from .graph import normalized_adjacency
+from .models import build_model
+from .models.base import ScoringModel
+from .sampling import TripleSampler
+from .storage import atomic_path, write_json_atomic, write_text_atomic
+
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError(f"setting device={name!r}: CUDA is not available on this machine (use auto or cpu)")
+    return torch.device(name)
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+@dataclass
+class TrainContext:
+    """What per-epoch hooks (GSTE's Hessian estimate, schedules) may use."""
+
+    cfg: Config
+    adj: Optional[torch.Tensor]
+    sampler: TripleSampler
+    device: torch.device
+    epoch_rng: np.random.Generator
+
+    def sample_batches(self, n_batches: int):
+        """A few fresh (users, pos, neg) batches on the device, for estimates outside the epoch."""
+        u, p, n = self.sampler.epoch(self.epoch_rng)
+        bs = self.cfg.batch_size
+        for b in range(min(n_batches, max(1, math.ceil(len(u) / bs)))):
+            sl = slice(b * bs, (b + 1) * bs)
+            yield tuple(torch.from_numpy(a[sl]).to(self.device) for a in (u, p, n))
+
+
+def split_for_monitoring(cfg: Config, data: InteractionData) -> str:
+    if cfg.eval_split == "valid" and data.valid is not None:
+        return "valid"
+    return "test"
+
+
+def excluded_for(split: str, data: InteractionData) -> list:
+    """Items masked when ranking for ``split``: training, plus validation when scoring test."""
+    if split == "test" and data.valid is not None:
+        return [data.train, data.valid]
+    return [data.train]
+
+
+def evaluate_model(model: ScoringModel, adj, data: InteractionData, split: str, cfg: Config) -> dict:
+    u, i = model.eval_embeddings(adj)
+    return evaluate_embeddings(u, i, data.split(split), excluded_for(split, data), ks=cfg.ks, batch_size=cfg.eval_batch_size)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data: InteractionData, out_dir: Optional[Path] = None, progress: bool = True):
+        self.cfg = cfg
+        self.data = data
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        set_seed(cfg.seed)
+        t0 = time.perf_counter()
+        self.adj = normalized_adjacency(data.train, self.device) if cfg.layers > 0 else None
+        self.adjacency_seconds = time.perf_counter() - t0
+        self.model = build_model(cfg, data.n_users, data.n_items).to(self.device)
+        self.model.prepare(self.adj, data, self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr) if params else None
+        self.sampler = TripleSampler(data.train)
+        self.monitor_split = split_for_monitoring(cfg, data)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best_value = -math.inf
+        self.best_epoch = -1
+        self.best_state: Optional[dict] = None
+        self.bad_evals = 0
+        self.train_seconds = 0.0
+        self.stopped_early = False
+
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "data_fingerprint": self.data.fingerprint(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_evals": self.bad_evals,
+            "train_seconds": self.train_seconds,
+            "stopped_early": self.stopped_early,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        with atomic_path(self.out_dir / "checkpoint.pt") as tmp:
+            torch.save(self.state(), tmp)
+        write_text_atomic(self.out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+    def resume(self) -> None:
+        path = self.out_dir / "checkpoint.pt"
+        state = load_checkpoint(path)
+        if state["data_fingerprint"] != self.data.fingerprint():
+            raise CheckpointError(
+                f"{path}: checkpoint was trained on other data (fingerprint {state['data_fingerprint']}, "
+                f"this data {self.data.fingerprint()})"
+            )
+        mine = self.cfg.to_dict()
+        theirs = state["config"]
+        # settings that may change on resume: budgets and bookkeeping
+        free = {"epochs", "max_train_seconds", "device", "threads", "patience", "eval_batch_size", "data"}
+        for key, value in theirs.items():
+            if key not in free and mine.get(key) != value:
+                raise CheckpointError(f"{path}: checkpoint has {key}={value!r} but this run asks for {key}={mine.get(key)!r}")
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.optimizer and state["optimizer"]:
+                self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: does not match the model: {str(exc).splitlines()[0]}") from None
+        self.epoch = state["epoch"]
+        self.history = state["history"]
+        self.best_value = state["best_value"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+        self.bad_evals = state["bad_evals"]
+        self.train_seconds = state["train_seconds"]
+        self.stopped_early = state["stopped_early"]
+
+    # ------------------------------------------------------------ loop
+    def _epoch_samples(self, epoch: int):
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        return self.sampler.epoch(rng)
+
+    def _log(self, entry: dict) -> None:
+        self.history.append(entry)
+
+    def evaluate(self, split: str) -> dict:
+        return evaluate_model(self.model, self.adj, self.data, split, self.cfg)
+
+    def _set_learning_rate(self, epoch: int) -> None:
+        cfg = self.cfg
+        lr = cfg.lr
+        if cfg.lr_schedule == "cosine" and cfg.epochs > 1:
+            lo = cfg.lr * cfg.lr_min_ratio
+            lr = lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * epoch / (cfg.epochs - 1)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _should_stop_for_time(self) -> bool:
+        return self.cfg.max_train_seconds is not None and self.train_seconds >= self.cfg.max_train_seconds
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out_dir / "config.yaml")
+        trainable = self.optimizer is not None and cfg.epochs > 0
+        pool = ThreadPoolExecutor(max_workers=1)  # draws the next epoch's samples while this one trains
+        pending = pool.submit(self._epoch_samples, self.epoch) if trainable and self.epoch < cfg.epochs else None
+        bar = tqdm(
+            total=cfg.epochs,
+            initial=self.epoch,
+            desc=f"train {cfg.model}",
+            unit="epoch",
+            disable=not self.progress or not trainable,
+            dynamic_ncols=True,
+        )
+        metric = cfg.early_stop_metric
+        try:
+            while trainable and self.epoch < cfg.epochs and not self.stopped_early and not self._should_stop_for_time():
+                t_epoch = time.perf_counter()
+                epoch = self.epoch
+                users, pos, neg = pending.result()
+                pending = pool.submit(self._epoch_samples, epoch + 1) if epoch + 1 < cfg.epochs else None
+                ctx = TrainContext(cfg, self.adj, self.sampler, self.device, np.random.default_rng([cfg.seed, epoch, 1]))
+                torch.manual_seed(cfg.seed * 100003 + epoch)
+                self._set_learning_rate(epoch)
+                hook_log = self.model.on_epoch_start(epoch, ctx)
+                if hook_log:
+                    self._log({"epoch": epoch, "event": "epoch_start", **hook_log})
+                self.model.train()
+                loss_sum, n_batches = 0.0, 0
+                u_t = torch.from_numpy(users).to(self.device)
+                p_t = torch.from_numpy(pos).to(self.device)
+                n_t = torch.from_numpy(neg).to(self.device)
+                for start in range(0, len(users), cfg.batch_size):
+                    sl = slice(start, start + cfg.batch_size)
+                    bu, bp, bn = u_t[sl], p_t[sl], n_t[sl]
+                    loss, _ = self.model.loss(self.adj, bu, bp, bn)
+                    u0, p0 = self.model.encoder.layer0(bu, bp)
+                    _, n0 = self.model.encoder.layer0(bu, bn)
+                    reg = 0.5 * (u0.pow(2).sum() + p0.pow(2).sum() + n0.pow(2).sum()) / len(bu)
+                    total = loss + cfg.weight_decay * reg
+                    self.optimizer.zero_grad(set_to_none=True)
+                    total.backward()
+                    self.optimizer.step()
+                    loss_sum += float(loss.detach())
+                    n_batches += 1
+                self.epoch += 1
+                self.train_seconds += time.perf_counter() - t_epoch
+                bar.update(1)
+                entry = {"epoch": self.epoch, "loss": loss_sum / max(n_batches, 1), "train_seconds": round(self.train_seconds, 3)}
+                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs or self._should_stop_for_time():
+                    t_eval = time.perf_counter()
+                    res = self.evaluate(self.monitor_split)
+                    entry.update({"split": self.monitor_split, "eval_seconds": round(time.perf_counter() - t_eval, 3)})
+                    entry.update({k: v for k, v in res.items() if k != "users"})
+                    value = res[metric]
+                    if value > self.best_value:
+                        self.best_value, self.best_epoch, self.bad_evals = value, self.epoch, 0
+                        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    else:
+                        self.bad_evals += 1
+                        if cfg.patience and self.bad_evals >= cfg.patience:
+                            self.stopped_early = True
+                    bar.set_postfix({metric: f"{value:.4f}", "loss": f"{entry['loss']:.4f}"})
+                    self._log(entry)
+                    self.save_checkpoint()
+                else:
+                    self._log(entry)
+        finally:
+            bar.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Pick the reported weights, evaluate them on test, write model.pt and metrics.json."""
+        cfg = self.cfg
+        if self.out_dir is not None:
+            # before the best weights replace the last ones: a resume continues the training state
+            self.save_checkpoint()
+        selected_by = "last epoch"
+        if self.best_state is not None and self.monitor_split == "valid":
+            self.model.load_state_dict(self.best_state)
+            selected_by = f"best {cfg.early_stop_metric} on the validation split (epoch {self.best_epoch})"
+        elif self.monitor_split == "test":
+            selected_by = "last epoch (no validation split; test was only monitored)"
+        t_eval = time.perf_counter()
+        test = self.evaluate("test")
+        eval_seconds = time.perf_counter() - t_eval
+        metrics = {k: v for k, v in test.items() if k != "users"}
+        metrics.update(
+            {
+                "split": "test",
+                "test_users": test["users"],
+                "model": cfg.model,
+                "epochs": self.epoch,
+                "train_seconds": round(self.train_seconds, 3),
+                "adjacency_seconds": round(self.adjacency_seconds, 3),
+                "test_eval_seconds": round(eval_seconds, 3),
+                "selected_by": selected_by,
+                "stopped_early": self.stopped_early,
+                **self.model.describe(),
+            }
+        )
+        if self.out_dir is not None:
+            with atomic_path(self.out_dir / "model.pt") as tmp:
+                torch.save(
+                    {
+                        "version": CHECKPOINT_VERSION,
+                        "config": cfg.to_dict(),
+                        "model": self.model.state_dict(),
+                        "data_fingerprint": self.data.fingerprint(),
+                        "n_users": self.data.n_users,
+                        "n_items": self.data.n_items,
+                    },
+                    tmp,
+                )
+            write_json_atomic(self.out_dir / "metrics.json", metrics)
+            write_json_atomic(self.out_dir / "data.json", data_summary(self.data))
+        return metrics
+
+
+def data_summary(data: InteractionData) -> dict:
+    out = {
+        "name": data.name,
+        "source": data.source,
+        "fingerprint": data.fingerprint(),
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "train": int(data.train.nnz),
+        "valid": int(data.valid.nnz) if data.valid is not None else 0,
+        "test": int(data.test.nnz),
+        "notes": data.notes,
+    }
+    if data.user_ids is not None:
+        out["user_ids"] = data.user_ids.tolist()
+    if data.item_ids is not None:
+        out["item_ids"] = data.item_ids.tolist()
+    return out
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, pickle errors, ...
+        raise CheckpointError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or "version" not in state or "model" not in state:
+        raise CheckpointError(f"{path}: not an hqgnn checkpoint")
+    if state["version"] > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state['version']} is newer than this hqgnn ({CHECKPOINT_VERSION})")
+    return state
