@@ -7,6 +7,7 @@ unknown key or an out-of-range value raises ``ConfigError`` naming both.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -181,6 +182,9 @@ def parse_overrides(pairs: list) -> dict:
     return out
 
 
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _coerce(key: str, value: Any, default: Any, fld, origin: str) -> Any:
     """Check a value against the field's type (taken from its default or annotation)."""
     ann = str(fld.type)
@@ -199,6 +203,8 @@ def _coerce(key: str, value: Any, default: Any, fld, origin: str) -> Any:
             raise ConfigError(f"{origin}: setting {key}={value!r} must be an integer")
         return value
     if "float" in ann:
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{origin}: setting {key}={value!r} must be a number")
         return float(value)

@@ -90,7 +90,7 @@ class QuantizedModel(ScoringModel):
         self.train(False)
         uq, iq = self._quantized_tables(context.adj)
         self.train(was)
-        su, si = float(self.user_quantizer.scale.detach()), float(self.item_quantizer.scale.detach())
+        su, si = self.user_quantizer.step, self.item_quantizer.step
         gen = torch.Generator().manual_seed(int(context.epoch_rng.integers(2**62)))
         stats = {"user": [0.0, 0.0, 0], "item": [0.0, 0.0, 0]}
         probes = 0
@@ -141,8 +141,8 @@ class QuantizedModel(ScoringModel):
                 "bits": self.bits,
                 "user_codes": self.user_quantizer.unsigned_codes(u).cpu().numpy(),
                 "item_codes": self.item_quantizer.unsigned_codes(i).cpu().numpy(),
-                "user_scale": float(self.user_quantizer.scale),
-                "item_scale": float(self.item_quantizer.scale),
+                "user_scale": self.user_quantizer.step,
+                "item_scale": self.item_quantizer.step,
             }
         finally:
             self.train(was)
@@ -153,8 +153,8 @@ class QuantizedModel(ScoringModel):
     def describe(self) -> dict:
         d = self.encoder.dim
         return quantized_size(self.bits, d, self.n_users, self.n_items) | {
-            "user_scale": float(self.user_quantizer.scale),
-            "item_scale": float(self.item_quantizer.scale),
+            "user_scale": self.user_quantizer.step,
+            "item_scale": self.item_quantizer.step,
             "delta_user": float(self.user_quantizer.delta),
             "delta_item": float(self.item_quantizer.delta),
         }

@@ -61,7 +61,8 @@ class GSTEQuantize(torch.autograd.Function):
     d L / d x = g * (1 + delta * sign(g) * (z - k / 2))   inside |z| <= 2^(b-1), else 0,
     with z - k/2 the quantization error in units of the step s (so delta is
     scale-free). delta = 0 is the clipped straight-through estimator.
-    ``clip_gradient=False`` passes g unchanged everywhere (identity STE, HashGNN).
+    ``clip_gradient=False`` is HashGNN's estimator: codes sign(tanh(z)) with the identity
+    STE across the sign, i.e. d L / d x = g * (1 - tanh(z)^2), no hard clipping.
     """
 
     @staticmethod
@@ -84,7 +85,9 @@ class GSTEQuantize(torch.autograd.Function):
                 factor = factor * (1.0 + ctx.delta * torch.sign(g) * (z - half))
             grad_x = g * factor
         else:
-            grad_x = g
+            # HashGNN: codes are sign(tanh(z)) and the identity STE crosses the sign only,
+            # so the gradient is g * tanh'(z) (it fades for saturated entries)
+            grad_x = g * (1.0 - torch.tanh(z) ** 2)
         grad_s = None
         if ctx.needs_input_grad[1]:
             # LSQ: d x_hat / d s = k/2 - z inside the range, k/2 (the clipped level) outside
@@ -125,6 +128,11 @@ class Quantizer(nn.Module):
                 self.initialized.fill_(True)
         sgf = 1.0 / math.sqrt(x.numel() * max(2 ** (self.bits - 1) - 0.5, 0.5))
         return GSTEQuantize.apply(x, self.scale, self.bits, float(self.delta), self.clip_gradient, sgf)
+
+    @property
+    def step(self) -> float:
+        """The step s as a Python float."""
+        return float(self.scale.detach())
 
     @torch.no_grad()
     def levels(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,226 @@
+"""Q_b, the GSTE backward, Hutchinson's estimator and the quantized models."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hqgnn.config import Config
+from hqgnn.models.base import bpr_loss
+from hqgnn.models.hutchinson import hutchinson_trace
+from hqgnn.models.quantizer import GSTEQuantize, Quantizer, codes_to_unsigned, grid_codes, unsigned_to_codes
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    from hqgnn.data import make_synthetic
+
+    return make_synthetic(n_users=300, n_items=200, mean_degree=15, seed=0)
+
+
+# ---------------------------------------------------------------- Q_b
+def test_one_bit_is_sign():
+    x = torch.randn(200, 16)
+    q = Quantizer(1)
+    out = q(x)
+    s = q.step
+    assert torch.equal(torch.sign(out), torch.sign(x))
+    assert torch.allclose(out.abs(), torch.full_like(out, s / 2))
+    assert torch.equal(q.levels(x), torch.sign(x).to(torch.int32))
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_codes_in_range_and_roundtrip(bits):
+    x = torch.randn(500, 8) * 3
+    q = Quantizer(bits)
+    xq = q(x)
+    k = q.levels(x)
+    top = 2**bits - 1
+    assert int(k.abs().max()) <= top and bool((k % 2 != 0).all())  # odd levels in range
+    c = q.unsigned_codes(x)
+    assert c.dtype == torch.uint8 and int(c.max()) <= top
+    assert torch.equal(unsigned_to_codes(c, bits), k)
+    # the forward value is exactly s * k / 2: training and export agree
+    assert torch.allclose(xq, q.scale.detach() * k.float() / 2)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_dequantized_ranking_equals_integer_ranking(bits):
+    torch.manual_seed(bits)
+    qu, qi = Quantizer(bits), Quantizer(bits)
+    u, i = torch.randn(30, 16), torch.randn(200, 16) * 0.5
+    float_scores = qu(u) @ qi(i).t()
+    int_scores = qu.levels(u).long() @ qi.levels(i).long().t()
+    assert torch.allclose(float_scores, qu.scale.detach() * qi.scale.detach() / 4 * int_scores.float(), rtol=1e-5, atol=1e-5)
+    # identical ordering: sorting by the integer score sorts the float score too
+    order = torch.argsort(int_scores, dim=1, descending=True, stable=True)
+    sorted_float = torch.gather(float_scores, 1, order)
+    assert bool((sorted_float[:, :-1] >= sorted_float[:, 1:] - 1e-5).all())
+
+
+def test_mid_rise_grid_by_hand():
+    # step 1, 2 bits: levels k/2 in {-1.5, -0.5, 0.5, 1.5}, clip range |z| <= 2
+    z = torch.tensor([-5.0, -1.2, -0.1, 0.0, 0.4, 0.99, 1.0, 7.0])
+    assert grid_codes(z, 2).tolist() == [-3, -3, -1, 1, 1, 1, 3, 3]
+    assert codes_to_unsigned(grid_codes(z, 2), 2).tolist() == [0, 0, 1, 2, 2, 2, 3, 3]
+
+
+# ---------------------------------------------------------------- GSTE
+@given(st.integers(1, 8), st.floats(0.0, 2.0), st.integers(0, 10_000))
+@settings(max_examples=40, deadline=None)
+def test_gste_backward_matches_formula(bits, delta, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(64, generator=gen) * 2).requires_grad_(True)
+    scale = torch.tensor(0.7)
+    g = torch.randn(64, generator=gen)
+    out = GSTEQuantize.apply(x, scale, bits, delta, True, 1.0)
+    out.backward(g)
+    z = x.detach() / scale
+    k = grid_codes(z, bits)
+    inside = (z.abs() <= 2 ** (bits - 1)).float()
+    expected = g * (1 + delta * torch.sign(g) * (z - k / 2)) * inside
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+
+
+def test_gste_with_zero_delta_is_clipped_ste():
+    x = torch.tensor([-3.0, -0.3, 0.2, 0.9, 2.5], requires_grad=True)
+    g = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0])
+    GSTEQuantize.apply(x, torch.tensor(1.0), 1, 0.0, True, 1.0).backward(g)
+    # 1 bit, step 1: clipping range |x| <= 1
+    assert x.grad.tolist() == [0.0, -2.0, 3.0, -4.0, 0.0]
+
+
+def test_gste_by_hand():
+    # x = 0.2 with step 1 (1 bit): level +0.5, error z - k/2 = -0.3
+    x = torch.tensor([0.2, 0.2], requires_grad=True)
+    g = torch.tensor([1.0, -1.0])
+    GSTEQuantize.apply(x, torch.tensor(1.0), 1, 0.5, True, 1.0).backward(g)
+    # g=+1: 1 * (1 + 0.5 * (+1) * (-0.3)) = 0.85 ; g=-1: -1 * (1 + 0.5 * (-1) * (-0.3)) = -1.15
+    assert torch.allclose(x.grad, torch.tensor([0.85, -1.15]))
+
+
+def test_hashgnn_estimator_is_identity_ste_through_tanh():
+    x = torch.tensor([-9.0, 0.1, 2.0], requires_grad=True)
+    g = torch.tensor([1.0, 2.0, 3.0])
+    GSTEQuantize.apply(x, torch.tensor(1.0), 1, 0.7, False, 1.0).backward(g)
+    # no clipping and no delta: g * (1 - tanh(x)^2)
+    assert torch.allclose(x.grad, g * (1 - torch.tanh(x.detach()) ** 2))
+
+
+def test_lsq_scale_gradient_matches_finite_difference_of_smooth_part():
+    # inside the range, d x_hat / d s = k/2 - z (straight-through on the rounding)
+    x = torch.tensor([0.3, -1.7, 5.0])
+    s = torch.tensor(1.0, requires_grad=True)
+    GSTEQuantize.apply(x, s, 2, 0.0, True, 1.0).sum().backward()
+    z = x / 1.0
+    k = grid_codes(z, 2)
+    inside = (z.abs() <= 2).float()
+    assert torch.allclose(s.grad, (k / 2 - z * inside).sum())
+
+
+# ---------------------------------------------------------------- Hutchinson
+def test_hutchinson_on_quadratic_form():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(20, 20, generator=gen)
+    h = a @ a.t() + torch.eye(20)  # f(x) = 0.5 x^T H x has Hessian H
+    est = hutchinson_trace(lambda x: 0.5 * x @ h @ x, torch.randn(20, generator=gen), max_probes=4000, tol=0.0,
+                           generator=torch.Generator().manual_seed(1))
+    assert est.probes == 4000
+    assert est.trace == pytest.approx(float(torch.trace(h)), rel=0.05)
+
+
+def test_hutchinson_on_diagonal_hessian_is_exact():
+    # Rademacher probes give v^T D v = tr(D) exactly for a diagonal Hessian
+    d = torch.linspace(0.5, 3.0, 10)
+    est = hutchinson_trace(lambda x: 0.5 * (d * x * x).sum(), torch.zeros(10), max_probes=3, tol=0.0)
+    assert est.trace == pytest.approx(float(d.sum()), rel=1e-6)
+
+
+def test_hutchinson_matches_exact_hessian_of_bpr_on_tiny_graph():
+    gen = torch.Generator().manual_seed(3)
+    items = torch.randn(6, 4, generator=gen)
+    users = torch.randint(0, 5, (12,), generator=gen)
+    pos = torch.randint(0, 6, (12,), generator=gen)
+    neg = torch.randint(0, 6, (12,), generator=gen)
+    u0 = torch.randn(5, 4, generator=gen)
+
+    def loss(flat):
+        return bpr_loss(flat.view(5, 4)[users], items[pos], items[neg])
+
+    exact = torch.autograd.functional.hessian(loss, u0.flatten())
+    est = hutchinson_trace(loss, u0.flatten(), max_probes=3000, tol=0.0, generator=torch.Generator().manual_seed(4))
+    assert est.trace == pytest.approx(float(torch.trace(exact)), rel=0.05)
+    x = u0.flatten().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(x), x)
+    assert torch.allclose(est.grad, grad)  # the gradient returned for the delta statistics
+
+
+def test_hutchinson_stops_early_when_converged():
+    d = torch.ones(50)
+    est = hutchinson_trace(lambda x: 0.5 * (d * x * x).sum(), torch.zeros(50), max_probes=50, tol=1e-3)
+    assert est.probes == 2  # the running mean does not move for an identity Hessian
+
+
+# ---------------------------------------------------------------- models on synthetic data
+def _fit(model, small_data, **extra):
+    from hqgnn.evaluation import evaluate_scores
+    from hqgnn.training import Trainer, excluded_for
+
+    overrides = [f"model={model}", "epochs=20", "batch_size=256", "lr=0.02", "eval_every=10", "val_fraction=0",
+                 "eval_split=test", "patience=0", "threads=1", "dim=16"] + [f"{k}={v}" for k, v in extra.items()]
+    cfg = Config.load(overrides=overrides)
+    trainer = Trainer(cfg, small_data, None, progress=False)
+    metrics = trainer.fit()
+    gen = torch.Generator().manual_seed(0)
+    random = evaluate_scores(lambda idx: torch.rand(len(idx), small_data.n_items, generator=gen), small_data.test,
+                             excluded_for("test", small_data), ks=[20])
+    return trainer, metrics, random
+
+
+@pytest.mark.parametrize("model,bits", [("hqgnn", 1), ("hqgnn", 4), ("ste", 2), ("hashgnn", 1)])
+def test_quantized_models_beat_random(small_data, model, bits):
+    trainer, metrics, random = _fit(model, small_data, bits=bits, delta_every=4)
+    assert metrics["recall@20"] > 2 * random["recall@20"]
+    assert metrics["bits"] == (1 if model == "hashgnn" else bits)
+
+
+def test_hqgnn_logs_delta_and_trace(small_data):
+    trainer, metrics, _ = _fit("hqgnn", small_data, bits=2, delta_every=4)
+    events = [h for h in trainer.history if h.get("event") == "epoch_start"]
+    assert [e["epoch"] for e in events] == [0, 4, 8, 12, 16]
+    assert all(e["delta_user"] >= 0 and "trace_per_entry_item" in e for e in events)
+
+
+def test_soft_hashgnn_probability_decays(small_data):
+    trainer, _, _ = _fit("hashgnn", small_data, hashgnn_soft=True, hashgnn_soft_p0=0.8, hashgnn_soft_decay=0.5)
+    probs = [h["soft_probability"] for h in trainer.history if "soft_probability" in h]
+    assert probs[:3] == pytest.approx([0.8, 0.4, 0.2])
+
+
+def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
+    from hqgnn.training import Trainer
+
+    base = Config.load(overrides=["epochs=20", "batch_size=256", "lr=0.02", "val_fraction=0", "eval_split=test",
+                                  "patience=0", "threads=1", "dim=16", "eval_every=10"])
+    fp = Trainer(base, small_data, tmp_path / "fp", progress=False).fit()
+    for model, bits in (("ptq", 4), ("lsh", 1), ("ptq", 8)):
+        cfg = Config.load(overrides=[f"model={model}", f"bits={bits}", f"from_run={tmp_path / 'fp'}", "threads=1",
+                                     "dim=16", "val_fraction=0", "eval_split=test"])
+        m = Trainer(cfg, small_data, None, progress=False).fit()
+        assert m["bits"] == bits
+        assert m["recall@20"] > 0.3 * fp["recall@20"]
+    # 8-bit post-training quantization is nearly lossless
+    assert m["recall@20"] == pytest.approx(fp["recall@20"], rel=0.05)
+
+
+def test_export_codes_equal_training_quantizer(small_data):
+    trainer, _, _ = _fit("hqgnn", small_data, bits=3)
+    model = trainer.model
+    codes = model.export_codes(trainer.adj)
+    u, i = model.eval_embeddings(trainer.adj)
+    k_u = 2 * torch.from_numpy(codes["user_codes"]).int() - 7
+    assert torch.allclose(u, codes["user_scale"] * k_u.float() / 2, atol=1e-6)
+    assert codes["item_codes"].max() <= 7
