@@ -1,0 +1,301 @@
+"""Grids of runs (data sets x models x bits x seeds), resumable, with a report.
+
+An experiment file::
+
+    name: ml-1m-bits
+    out: runs/ml-1m-bits                 # output folder
+    datasets: {ml-1m: ../shared/data/ml-1m}
+    config: configs/ml-1m-hqgnn.yaml     # base settings of every cell (optional)
+    settings: {epochs: 100}              # overrides on top of it (optional)
+    seeds: [1, 2, 3]
+    cells:
+      - {model: lightgcn, config: configs/ml-1m-lightgcn.yaml}
+      - {model: hqgnn, bits: [1, 2, 4, 8]}
+      - {model: ste, bits: [1, 2, 4]}
+      - {model: lsh}                     # post-hoc: uses the lightgcn cell of the same seed
+    reference: {model: hashgnn, bits: 1} # paired tests against this cell
+    metrics: [recall@50, ndcg@50]
+
+Every cell is a normal run folder ``OUT/DATASET/MODEL-bB/seedS``; a cell with
+``metrics.json`` is finished and is not rerun, one with only a checkpoint is
+resumed. The report: ``results.csv`` (one row per run), ``summary.md`` (mean
++- std over seeds, gain and paired t-test p-value against the reference), and
+PNG plots (metric against bits with the full-precision line, model size
+against bits, training curves).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
+from .errors import ConfigError
+from .storage import write_text_atomic
+
+_KEYS = {"name", "out", "datasets", "config", "settings", "seeds", "cells", "reference", "metrics"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    data_path: str
+    model: str
+    bits: Optional[int]
+    seed: int
+    config: Optional[str]
+    settings: tuple
+
+    @property
+    def label(self) -> str:
+        return self.model if self.bits is None else f"{self.model}-b{self.bits}"
+
+    def run_dir(self, out: Path) -> Path:
+        return out / self.dataset / self.label / f"seed{self.seed}"
+
+
+def load_experiment(path) -> dict:
+    spec = read_yaml(path)
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown experiment key {sorted(unknown)[0]!r} (known: {', '.join(sorted(_KEYS))})")
+    for key in ("datasets", "cells"):
+        if not spec.get(key):
+            raise ConfigError(f"{path}: experiment needs {key!r}")
+    if not isinstance(spec["datasets"], dict):
+        raise ConfigError(f"{path}: datasets must map names to paths, e.g. {{ml-1m: ../shared/data/ml-1m}}")
+    spec.setdefault("seeds", [2020])
+    spec.setdefault("metrics", ["recall@50", "ndcg@50"])
+    spec.setdefault("name", Path(path).stem)
+    spec.setdefault("out", str(Path("runs") / spec["name"]))
+    base = Path(path).resolve().parent
+    spec["_base"] = base
+    return spec
+
+
+def _resolve(base: Path, p: Optional[str]) -> Optional[str]:
+    if p is None or p == "synthetic":
+        return p
+    q = Path(p)
+    return str(q if q.is_absolute() or q.exists() else base / q)
+
+
+def expand_cells(spec: dict) -> list[Cell]:
+    cells = []
+    base = spec["_base"]
+    for dataset, data_path in spec["datasets"].items():
+        for entry in spec["cells"]:
+            if "model" not in entry:
+                raise ConfigError(f"experiment cell {entry!r} has no model")
+            bits_list = entry.get("bits")
+            if entry["model"] in QUANTIZED_MODELS:
+                bits_list = bits_list if isinstance(bits_list, list) else [bits_list or (1 if entry["model"] in ("hashgnn", "lsh") else 4)]
+            else:
+                bits_list = [None]
+            for bits in bits_list:
+                for seed in spec["seeds"]:
+                    extra = dict(spec.get("settings") or {})
+                    extra.update(entry.get("settings") or {})
+                    cells.append(
+                        Cell(
+                            dataset=dataset,
+                            data_path=_resolve(base, str(data_path)),
+                            model=entry["model"],
+                            bits=bits,
+                            seed=int(seed),
+                            config=_resolve(base, entry.get("config", spec.get("config"))),
+                            settings=tuple(sorted(extra.items())),
+                        )
+                    )
+    # full-precision runs first: post-hoc cells quantize them
+    return sorted(cells, key=lambda c: (c.model in POST_HOC_MODELS, c.dataset))
+
+
+def cell_config(cell: Cell, out: Path) -> Config:
+    extra = {"model": cell.model, "seed": cell.seed, "data": cell.data_path}
+    if cell.bits is not None:
+        extra["bits"] = cell.bits
+    if cell.model in POST_HOC_MODELS:
+        extra["from_run"] = str(Cell(cell.dataset, cell.data_path, "lightgcn", None, cell.seed, None, ()).run_dir(out))
+    cfg = Config.load(cell.config, None, extra)
+    return cfg.updated(dict(cell.settings), "experiment settings").validate()
+
+
+def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True) -> Path:
+    from .api import Recommender, prepare_data
+
+    spec = load_experiment(path)
+    out = Path(out_dir or spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    cells = expand_cells(spec)
+    configs = [cell_config(c, out) for c in cells]  # validate every cell before running any
+    data_cache: dict = {}
+    bar = tqdm(total=len(cells), desc=f"experiment {spec['name']}", unit="run", disable=not progress)
+    for cell, cfg in zip(cells, configs):
+        run_dir = cell.run_dir(out)
+        bar.set_postfix_str(f"{cell.dataset} {cell.label} seed {cell.seed}")
+        if not (run_dir / "metrics.json").is_file():
+            key = (cfg.data, cfg.val_fraction, cfg.split_seed)
+            if key not in data_cache:
+                data_cache[key] = prepare_data(cfg)
+            rec = Recommender(config=cfg, model=cfg.model)
+            rec.fit(data_cache[key], out_dir=run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=False)
+        bar.update(1)
+    bar.close()
+    write_report(spec, cells, out)
+    return out
+
+
+# ---------------------------------------------------------------- report
+def collect(cells: list[Cell], out: Path) -> list[dict]:
+    rows = []
+    for c in cells:
+        f = c.run_dir(out) / "metrics.json"
+        if not f.is_file():
+            continue
+        m = json.loads(f.read_text())
+        rows.append({"dataset": c.dataset, "model": c.model, "bits": c.bits if c.bits is not None else 32, "seed": c.seed, **m})
+    return rows
+
+
+def paired_test(a: list[float], b: list[float]) -> float:
+    """Two-sided paired t-test p-value (nan with fewer than 2 pairs or no variance)."""
+    from scipy import stats
+
+    if len(a) < 2 or len(a) != len(b):
+        return float("nan")
+    diff = np.asarray(a) - np.asarray(b)
+    if np.allclose(diff, diff[0]):
+        return 0.0 if diff[0] != 0 else 1.0
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def summarise(rows: list[dict], metrics: list[str], reference: Optional[dict]) -> str:
+    lines = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        rs = [r for r in rows if r["dataset"] == dataset]
+        groups: dict = {}
+        for r in rs:
+            groups.setdefault((r["model"], r["bits"]), []).append(r)
+        ref_key = (reference["model"], int(reference.get("bits", 32))) if reference else None
+        ref = {r["seed"]: r for r in groups.get(ref_key, [])} if ref_key else {}
+        lines.append(f"### {dataset}\n")
+        head = ["model", "bits", "seeds"] + [f"{m} (mean ± std)" for m in metrics]
+        if ref:
+            head += [f"{m} gain vs {ref_key[0]}-{ref_key[1]}b (p)" for m in metrics]
+        head += ["train s", "size (MB)", "compression"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for (model, bits), grp in sorted(groups.items(), key=lambda kv: (kv[0][0] != "lightgcn", kv[0][0], kv[0][1])):
+            cells = [model, str(bits), str(len(grp))]
+            for m in metrics:
+                v = np.array([g[m] for g in grp])
+                cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
+            if ref:
+                for m in metrics:
+                    seeds = [g["seed"] for g in grp if g["seed"] in ref]
+                    mine = [next(g[m] for g in grp if g["seed"] == s) for s in seeds]
+                    theirs = [ref[s][m] for s in seeds]
+                    if (model, bits) == ref_key or not seeds:
+                        cells.append("—")
+                    else:
+                        gain = (np.mean(mine) / np.mean(theirs) - 1) * 100
+                        cells.append(f"{gain:+.1f}% (p={paired_test(mine, theirs):.3g})")
+            cells.append(f"{np.mean([g.get('train_seconds', 0) for g in grp]):.0f}")
+            size = grp[0].get("total_bytes", grp[0].get("float32_bytes"))
+            cells.append(f"{size / 1e6:.3g}" if size else "—")
+            cells.append(f"{grp[0].get('compression_ratio', 1.0):.1f}x")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(spec: dict, cells: list[Cell], out: Path) -> None:
+    rows = collect(cells, out)
+    if not rows:
+        return
+    keys = ["dataset", "model", "bits", "seed"] + sorted({k for r in rows for k in r} - {"dataset", "model", "bits", "seed"})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    write_text_atomic(out / "results.csv", buf.getvalue())
+    metrics = list(spec["metrics"])
+    text = f"# {spec['name']}\n\n{summarise(rows, metrics, spec.get('reference'))}"
+    write_text_atomic(out / "summary.md", text)
+    plot_report(rows, cells, metrics, out)
+
+
+def plot_report(rows: list[dict], cells: list[Cell], metrics: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for dataset in sorted({r["dataset"] for r in rows}):
+        rs = [r for r in rows if r["dataset"] == dataset]
+        fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5 * (len(metrics) + 1), 4))
+        for ax, m in zip(axes, metrics):
+            for model in sorted({r["model"] for r in rs}):
+                pts = {}
+                for r in rs:
+                    if r["model"] == model:
+                        pts.setdefault(r["bits"], []).append(r[m])
+                bits = sorted(pts)
+                means = [np.mean(pts[b]) for b in bits]
+                stds = [np.std(pts[b]) for b in bits]
+                if model in ("lightgcn", "mf"):
+                    ax.axhline(means[0], color="k", ls="--", label=f"{model} (float32)")
+                else:
+                    ax.errorbar(bits, means, yerr=stds, marker="o", capsize=3, label=model)
+            ax.set_xlabel("bits")
+            ax.set_ylabel(m)
+            ax.set_title(f"{dataset}: {m}")
+            ax.set_xticks(range(1, 9))
+            ax.legend(fontsize=8)
+        ax = axes[-1]
+        for model in sorted({r["model"] for r in rs if "total_bytes" in r}):
+            pts = sorted({(r["bits"], r["total_bytes"]) for r in rs if r["model"] == model})
+            ax.plot([p[0] for p in pts], [p[1] / 1e6 for p in pts], marker="o", label=model)
+        fp = [r.get("float32_bytes") for r in rs if r.get("float32_bytes")]
+        if fp:
+            ax.axhline(fp[0] / 1e6, color="k", ls="--", label="float32")
+        ax.set_yscale("log")
+        ax.set_xlabel("bits")
+        ax.set_ylabel("codes size (MB)")
+        ax.set_title(f"{dataset}: model size")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{dataset}-bits.png", dpi=110)
+        plt.close(fig)
+
+        # training curves of the first seed of every cell
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        first_seed = min(c.seed for c in cells)
+        for c in cells:
+            if c.dataset != dataset or c.seed != first_seed:
+                continue
+            hist = c.run_dir(out) / "history.jsonl"
+            if not hist.is_file():
+                continue
+            pts = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+            key = metrics[0] if any(metrics[0] in p for p in pts) else "recall@20"
+            pts = [p for p in pts if key in p]
+            if pts:
+                ax.plot([p["train_seconds"] for p in pts], [p[key] for p in pts], marker=".", label=c.label)
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel(f"{metrics[0]} (monitored split)")
+        ax.set_title(f"{dataset}: training curves (seed {first_seed})")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / f"{dataset}-curves.png", dpi=110)
+        plt.close(fig)

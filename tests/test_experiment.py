@@ -1,0 +1,73 @@
+"""The experiment runner: grid expansion, resumability, the report files."""
+
+import json
+
+import pytest
+import yaml
+
+from hqgnn.cli import main
+from hqgnn.errors import ConfigError
+from hqgnn.experiment import expand_cells, load_experiment, paired_test
+
+
+def _write(tmp_path, **changes):
+    spec = {
+        "name": "tiny",
+        "out": str(tmp_path / "out"),
+        "datasets": {"syn": "synthetic"},
+        "settings": {"synthetic_users": 120, "synthetic_items": 80, "epochs": 4, "batch_size": 256, "lr": 0.02,
+                     "dim": 8, "layers": 1, "eval_every": 2, "threads": 1, "val_fraction": 0.1, "patience": 0,
+                     "delta_every": 2},
+        "seeds": [1, 2],
+        "cells": [{"model": "lightgcn"}, {"model": "hqgnn", "bits": [1, 2]}, {"model": "hashgnn"}, {"model": "lsh"}],
+        "reference": {"model": "hashgnn", "bits": 1},
+    }
+    spec.update(changes)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_expansion_orders_post_hoc_last(tmp_path):
+    cells = expand_cells(load_experiment(_write(tmp_path)))
+    assert len(cells) == (1 + 2 + 1 + 1) * 2
+    assert [c.model for c in cells][-2:] == ["lsh", "lsh"]
+    assert {c.label for c in cells} == {"lightgcn", "hqgnn-b1", "hqgnn-b2", "hashgnn-b1", "lsh-b1"}
+
+
+def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
+    path = _write(tmp_path)
+    assert main(["experiment", str(path), "--quiet"]) == 0
+    out = tmp_path / "out"
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 10
+    summary = (out / "summary.md").read_text()
+    assert "hqgnn" in summary and "gain vs hashgnn-1b" in summary and "p=" in summary
+    assert (out / "syn-bits.png").stat().st_size > 1000 and (out / "syn-curves.png").is_file()
+    done = out / "syn" / "hqgnn-b2" / "seed1" / "metrics.json"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    assert main(["experiment", str(path), "--quiet"]) == 0  # nothing to recompute
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    assert before == after
+    # a removed cell is the only one recomputed
+    done.unlink()
+    assert main(["experiment", str(path), "--quiet"]) == 0
+    assert done.is_file() and json.loads(done.read_text())["bits"] == 2
+    changed = [p for p in out.rglob("metrics.json") if p.stat().st_mtime_ns != before[p]]
+    assert changed == [done]
+
+
+def test_bad_experiment_files(tmp_path):
+    with pytest.raises(ConfigError, match="unknown experiment key 'colour'"):
+        load_experiment(_write(tmp_path, colour="red"))
+    with pytest.raises(ConfigError, match="needs 'cells'"):
+        load_experiment(_write(tmp_path, cells=[]))
+    path = _write(tmp_path, settings={"lr": -1})
+    assert main(["experiment", str(path), "--quiet"]) == 2
+
+
+def test_paired_test():
+    assert paired_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    p = paired_test([0.30, 0.31, 0.32, 0.305], [0.20, 0.22, 0.21, 0.2])
+    assert p < 0.01
+    assert paired_test([0.3], [0.2]) != paired_test([0.3], [0.2])  # nan with a single pair
