@@ -334,7 +334,7 @@ def make_synthetic(
     mean_degree: int = 40,
     latent_dim: int = 16,
     popularity_exponent: float = 1.0,
-    temperature: float = 0.35,
+    temperature: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> InteractionData:

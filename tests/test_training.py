@@ -1,0 +1,281 @@
+"""Training loop: run folder, checkpoints, exact resume, refusals, atomic writes, seeding."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from hqgnn.config import Config
+from hqgnn.data import make_synthetic, with_validation
+from hqgnn.errors import CheckpointError
+from hqgnn.storage import atomic_path, write_json_atomic
+from hqgnn.training import Trainer, load_checkpoint
+
+TIMING_FIELDS = {"train_seconds", "eval_seconds"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    """120 users x 80 items with a validation split, so that the best epoch is selected on it."""
+    return with_validation(make_synthetic(n_users=120, n_items=80, mean_degree=10, seed=1), 0.2, seed=5)
+
+
+def make_cfg(small_settings, **changes) -> Config:
+    return Config.load(overrides=small_settings(**changes))
+
+
+def weights(trainer: Trainer) -> dict:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def without_timing(history: list) -> list:
+    return [{k: v for k, v in h.items() if k not in TIMING_FIELDS} for h in history]
+
+
+@pytest.fixture
+def best_epoch_first(monkeypatch):
+    """Make the monitored metric fall every epoch: the best weights are epoch 1's, never the last."""
+    original = Trainer.evaluate
+
+    def evaluate(self, split):
+        res = original(self, split)
+        if split == self.monitor_split and split != "test":
+            res[self.cfg.early_stop_metric] = 1.0 / self.epoch
+        return res
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
+# ---------------------------------------------------------------- run folder
+def test_run_folder_contents(tmp_path, data, small_settings):
+    cfg = make_cfg(small_settings, epochs=3, eval_every=2, ks="[20,50]")
+    out = tmp_path / "run"
+    trainer = Trainer(cfg, data, out, progress=False)
+    metrics = trainer.fit()
+    for name in ("config.yaml", "history.jsonl", "metrics.json", "model.pt", "checkpoint.pt", "data.json"):
+        assert (out / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary files left
+
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    for key in ("recall@20", "ndcg@50", "precision@20", "hit_rate@50", "train_seconds", "test_users", "selected_by"):
+        assert key in on_disk, key
+    assert on_disk["split"] == "test" and on_disk["epochs"] == 3 and on_disk["model"] == "lightgcn"
+    assert 0 <= on_disk["recall@20"] <= on_disk["recall@50"] <= 1
+
+    assert Config.load(out / "config.yaml") == cfg
+    assert yaml.safe_load((out / "config.yaml").read_text())["dim"] == 16
+
+    lines = (out / "history.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == trainer.history
+    assert [h["epoch"] for h in trainer.history] == [1, 2, 3]
+    assert [h.get("split") for h in trainer.history] == [None, "valid", "valid"]  # evaluated at 2 and at the end
+
+    summary = json.loads((out / "data.json").read_text())
+    assert summary["fingerprint"] == data.fingerprint()
+    assert (summary["n_users"], summary["n_items"]) == (data.n_users, data.n_items)
+    assert (summary["train"], summary["valid"], summary["test"]) == (data.train.nnz, data.valid.nnz, data.test.nnz)
+
+    model = load_checkpoint(out / "model.pt")
+    assert model["data_fingerprint"] == data.fingerprint()
+    assert_same_weights(model["model"], weights(trainer))  # model.pt holds the reported weights
+
+
+def test_no_out_dir_writes_nothing(tmp_path, data, small_settings, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Trainer(make_cfg(small_settings, epochs=1), data, None, progress=False).fit()
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path, data, small_settings):
+    cfg = make_cfg(small_settings, epochs=2)
+    trainer = Trainer(cfg, data, tmp_path, progress=False)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 2
+    assert state["config"] == cfg.to_dict()
+    assert state["data_fingerprint"] == data.fingerprint()
+    assert state["history"] == trainer.history
+    assert state["best_epoch"] == trainer.best_epoch
+    # a fresh trainer restored from it holds the same training state
+    fresh = Trainer(cfg, data, tmp_path, progress=False)
+    assert not torch.equal(fresh.model.encoder.embedding, state["model"]["encoder.embedding"])  # untrained
+    fresh.resume()
+    assert fresh.epoch == 2 and fresh.history == trainer.history
+    assert_same_weights(fresh.model.state_dict(), state["model"])
+    assert fresh.optimizer.state_dict()["state"][0]["step"] == trainer.optimizer.state_dict()["state"][0]["step"]
+
+
+@pytest.mark.parametrize("monitor", ["real", "best-first"])
+def test_resume_continues_exactly(tmp_path, data, small_settings, request, monitor):
+    if monitor == "best-first":
+        request.getfixturevalue("best_epoch_first")
+    straight = Trainer(make_cfg(small_settings, epochs=4), data, tmp_path / "straight", progress=False)
+    straight_metrics = straight.fit()
+
+    first = Trainer(make_cfg(small_settings, epochs=2), data, tmp_path / "split", progress=False)
+    first.fit()
+    second = Trainer(make_cfg(small_settings, epochs=4), data, tmp_path / "split", progress=False)
+    second.resume()
+    assert second.epoch == 2
+    split_metrics = second.fit()
+
+    assert_same_weights(weights(straight), weights(second))  # the reported (selected) weights
+    # the training state too: the last weights, not the best ones, are what a resume continues from
+    assert_same_weights(
+        load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"],
+        load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model"],
+    )
+    assert without_timing(straight.history) == without_timing(second.history)
+    assert straight.best_epoch == second.best_epoch
+    if monitor == "best-first":
+        assert straight.best_epoch == 1
+    skip = {"train_seconds", "adjacency_seconds", "test_eval_seconds"}
+    assert {k: v for k, v in straight_metrics.items() if k not in skip} == {
+        k: v for k, v in split_metrics.items() if k not in skip
+    }
+
+
+def test_early_stopping_with_patience(tmp_path, data, small_settings, best_epoch_first):
+    trainer = Trainer(make_cfg(small_settings, epochs=10, patience=2), data, tmp_path, progress=False)
+    metrics = trainer.fit()
+    # best at epoch 1, no improvement at 2 and 3 -> stop after epoch 3, report epoch 1's weights
+    assert trainer.epoch == 3 and metrics["stopped_early"] is True
+    assert trainer.best_epoch == 1 and "epoch 1" in metrics["selected_by"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty"])
+def test_corrupt_checkpoint_raises_checkpoint_error(tmp_path, data, small_settings, damage):
+    cfg = make_cfg(small_settings, epochs=1)
+    Trainer(cfg, data, tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoint.pt"
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(CheckpointError) as err:
+        Trainer(cfg, data, tmp_path, progress=False).resume()
+    assert str(path) in str(err.value)
+
+
+def test_missing_foreign_and_newer_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="not found") as err:
+        load_checkpoint(tmp_path / "none.pt")
+    assert "none.pt" in str(err.value)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an hqgnn checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    torch.save({"version": 99, "model": {}}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_resume_refuses_other_data(tmp_path, data, small_settings):
+    cfg = make_cfg(small_settings, epochs=1)
+    Trainer(cfg, data, tmp_path, progress=False).fit()
+    other = with_validation(make_synthetic(n_users=120, n_items=80, mean_degree=10, seed=2), 0.2, seed=5)
+    assert other.fingerprint() != data.fingerprint()
+    with pytest.raises(CheckpointError, match="other data") as err:
+        Trainer(cfg, other, tmp_path, progress=False).resume()
+    assert str(tmp_path / "checkpoint.pt") in str(err.value)
+
+
+@pytest.mark.parametrize("change", [{"dim": 8}, {"lr": 0.02}, {"model": "mf"}, {"seed": 8}])
+def test_resume_refuses_other_settings(tmp_path, data, small_settings, change):
+    Trainer(make_cfg(small_settings, epochs=1), data, tmp_path, progress=False).fit()
+    (key, value), = change.items()
+    with pytest.raises(CheckpointError) as err:
+        Trainer(make_cfg(small_settings, epochs=3, **change), data, tmp_path, progress=False).resume()
+    msg = str(err.value)
+    assert str(tmp_path / "checkpoint.pt") in msg and f"this run asks for {key}={value!r}" in msg
+
+
+def test_resume_accepts_a_new_budget(tmp_path, data, small_settings):
+    Trainer(make_cfg(small_settings, epochs=1), data, tmp_path, progress=False).fit()
+    t = Trainer(make_cfg(small_settings, epochs=5, patience=3, eval_batch_size=7), data, tmp_path, progress=False)
+    t.resume()
+    assert t.epoch == 1
+
+
+# ---------------------------------------------------------------- atomic writes
+def test_atomic_path_failure_leaves_target_untouched(tmp_path):
+    target = tmp_path / "out" / "model.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"old contents")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp != target
+            tmp.write_bytes(b"half written")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old contents"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.pt"]  # no temporary file left
+
+
+def test_atomic_path_success_replaces_target(tmp_path):
+    target = tmp_path / "new" / "metrics.json"  # the folder is created
+    write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    with atomic_path(target) as tmp:
+        tmp.write_text("replaced")
+    assert target.read_text() == "replaced"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["metrics.json"]
+
+
+def test_checkpoint_write_failure_keeps_previous_checkpoint(tmp_path, data, small_settings, monkeypatch):
+    trainer = Trainer(make_cfg(small_settings, epochs=1), data, tmp_path, progress=False)
+    trainer.fit()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as fh:  # leave a half-written file behind, then crash
+            fh.truncate(100)
+        raise OSError("simulated crash while writing")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    trainer.epoch += 1
+    with pytest.raises(OSError, match="simulated crash"):
+        trainer.save_checkpoint()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+
+
+# ---------------------------------------------------------------- seeding
+def test_same_seed_same_run_other_seed_other_run(data, small_settings):
+    a = Trainer(make_cfg(small_settings, epochs=2), data, None, progress=False)
+    ma = a.fit()
+    b = Trainer(make_cfg(small_settings, epochs=2), data, None, progress=False)
+    mb = b.fit()
+    assert_same_weights(weights(a), weights(b))
+    assert without_timing(a.history) == without_timing(b.history)
+    assert ma["recall@20"] == mb["recall@20"]
+    c = Trainer(make_cfg(small_settings, epochs=2, seed=8), data, None, progress=False)
+    c.fit()
+    assert not torch.equal(weights(a)["encoder.embedding"], weights(c)["encoder.embedding"])
+
+
+def test_training_reduces_the_loss(data, small_settings):
+    trainer = Trainer(make_cfg(small_settings, epochs=6, lr=0.02), data, None, progress=False)
+    trainer.fit()
+    losses = [h["loss"] for h in trainer.history]
+    assert losses[-1] < losses[0] * 0.9
