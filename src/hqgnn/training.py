@@ -299,6 +299,7 @@ class Trainer:
                 "test_eval_seconds": round(eval_seconds, 3),
                 "selected_by": selected_by,
                 "stopped_early": self.stopped_early,
+                "peak_rss_mb": round(peak_rss_mb(), 1),
                 **self.model.describe(),
             }
         )
@@ -318,6 +319,16 @@ class Trainer:
             write_json_atomic(self.out_dir / "metrics.json", metrics)
             write_json_atomic(self.out_dir / "data.json", data_summary(self.data))
         return metrics
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB; 0 where unsupported)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except (ImportError, OSError):  # pragma: no cover - non-POSIX
+        return 0.0
 
 
 def data_summary(data: InteractionData) -> dict:

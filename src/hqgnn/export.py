@@ -1,0 +1,131 @@
+"""From a trained run to a deployable artifact, and recommendations from an artifact.
+
+``export_run(run_dir, out_file)`` quantizes the run's final embeddings with
+exactly the Q_b of training (``model.export_codes``) and writes one
+self-describing artifact (``hqgnn.index.artifact``). A full-precision run
+exports float32 embeddings (bits = 32), so both go through the same tools.
+
+``ArtifactRecommender`` is what the CLI (``recommend``, ``similar``) and the
+HTTP server use: original ids in, original ids out, on top of the index.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import HQGNNError
+
+
+def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
+    """Write the artifact of a trained run; returns a summary (sizes, checksum)."""
+    from .api import Recommender
+    from .index.artifact import export_from_arrays
+
+    rec = Recommender.load(run_dir, data=data)
+    model = rec.model
+    adj = rec.trainer.adj
+    if getattr(model, "quantized", False):
+        codes = model.export_codes(adj)
+    else:
+        u, i = model.eval_embeddings(adj)
+        codes = {"bits": 32, "user_codes": u.cpu().numpy().astype(np.float32),
+                 "item_codes": i.cpu().numpy().astype(np.float32), "user_scale": 1.0, "item_scale": 1.0}
+    data_ = rec.data
+    return export_from_arrays(
+        out_file,
+        model=rec.cfg.model,
+        bits=codes["bits"],
+        user_codes=codes["user_codes"],
+        item_codes=codes["item_codes"],
+        user_scale=codes["user_scale"],
+        item_scale=codes["item_scale"],
+        user_ids=data_.original_user_ids(),
+        item_ids=data_.original_item_ids(),
+        train_csr=data_.train if data_.valid is None else (data_.train + data_.valid).tocsr(),
+        data_fingerprint=data_.fingerprint(),
+        extra_meta={"run_dir": str(Path(run_dir)), "dataset": data_.name, "dim": int(rec.cfg.dim)},
+    )
+
+
+class ArtifactRecommender:
+    """Recommendations from an exported artifact, with original ids.
+
+    Thread-safe for concurrent reads; ``popular(k)`` is the cold-start fallback.
+    """
+
+    def __init__(self, path, backend: str = "exact"):
+        from .index.engine import load_index
+
+        self.path = Path(path)
+        self.index = load_index(self.path, backend=backend)
+        self.artifact = self.index.artifact
+        self._lock = threading.Lock()
+
+    # -- ids
+    @property
+    def n_users(self) -> int:
+        return self.index.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.index.n_items
+
+    def info(self) -> dict:
+        return self.index.info()
+
+    def check_k(self, k: int) -> int:
+        if not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self.n_items:
+            raise HQGNNError(f"k={k!r} is out of range: expected 1 .. {self.n_items}")
+        return int(k)
+
+    def recommend(self, users: Sequence, k: int = 50, exclude_seen: bool = True) -> list[dict]:
+        """Top-k per original user id: ``[{"user", "items", "scores"}, ...]``."""
+        k = self.check_k(k)
+        idx = self.index.user_index(users)
+        items, scores = self.index.search(idx, k, exclude_seen=exclude_seen)
+        item_ids = self.index.item_ids_of(items)
+        return [{"user": _py(u), "items": [_py(x) for x in it], "scores": [_py(s) for s in sc]}
+                for u, it, sc in zip(users, item_ids, scores)]
+
+    def similar(self, item, k: int = 20) -> dict:
+        k = self.check_k(min(k, self.n_items - 1) if k == self.n_items else k)
+        idx = self.index.item_index([item])
+        items, scores = self.index.similar(idx, k)
+        return {"item": _py(item), "items": [_py(x) for x in self.index.item_ids_of(items)[0]],
+                "scores": [_py(s) for s in scores[0]]}
+
+    def popular(self, k: int) -> dict:
+        k = self.check_k(k)
+        items, counts = self.index.popular(k)
+        return {"items": [_py(x) for x in self.index.item_ids_of(items[None])[0]], "scores": [_py(c) for c in counts],
+                "fallback": "popular"}
+
+
+def _py(x):
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _read_users_file(path) -> list:
+    p = Path(path)
+    if not p.is_file():
+        raise HQGNNError(f"{p}: users file not found")
+    users = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not users:
+        raise HQGNNError(f"{p}: no user ids (one per line expected)")
+    return users
+
+
+def recommend_from_artifact(artifact, user=None, users_file=None, k: int = 50, include_seen: bool = False,
+                            backend: str = "exact"):
+    rec = ArtifactRecommender(artifact, backend=backend)
+    users = [user] if user is not None else _read_users_file(users_file)
+    out = rec.recommend(users, k=k, exclude_seen=not include_seen)
+    return out[0] if user is not None else out
+
+
+def similar_from_artifact(artifact, item, k: int = 20, backend: str = "exact") -> dict:
+    return ArtifactRecommender(artifact, backend=backend).similar(item, k=k)
