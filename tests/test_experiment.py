@@ -39,11 +39,12 @@ def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
     path = _write(tmp_path)
     assert main(["experiment", str(path), "--quiet"]) == 0
     out = tmp_path / "out"
-    rows = (out / "results.csv").read_text().splitlines()
+    report = out / "reports" / "tiny"
+    rows = (report / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 10
-    summary = (out / "summary.md").read_text()
+    summary = (report / "summary.md").read_text()
     assert "hqgnn" in summary and "gain vs hashgnn-1b" in summary and "p=" in summary
-    assert (out / "syn-bits.png").stat().st_size > 1000 and (out / "syn-curves.png").is_file()
+    assert (report / "syn-bits.png").stat().st_size > 1000 and (report / "syn-curves.png").is_file()
     done = out / "syn" / "hqgnn-b2" / "seed1" / "metrics.json"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     assert main(["experiment", str(path), "--quiet"]) == 0  # nothing to recompute
@@ -71,3 +72,19 @@ def test_paired_test():
     p = paired_test([0.30, 0.31, 0.32, 0.305], [0.20, 0.22, 0.21, 0.2])
     assert p < 0.01
     assert paired_test([0.3], [0.2]) != paired_test([0.3], [0.2])  # nan with a single pair
+
+
+def test_shards_split_the_grid_and_a_plain_run_finishes_it(tmp_path):
+    from hqgnn.experiment import parse_shard
+
+    assert parse_shard("2/3") == (1, 3) and parse_shard(None) == (0, 1)
+    with pytest.raises(ConfigError, match="K must be in 1..N"):
+        parse_shard("4/3")
+    path = _write(tmp_path, seeds=[1], cells=[{"model": "lightgcn"}, {"model": "hqgnn", "bits": 1}, {"model": "lsh"}])
+    assert main(["experiment", str(path), "--quiet", "--shard", "2/2"]) == 0
+    out = tmp_path / "out" / "syn"
+    # shard 2/2 holds hqgnn (index 1); lsh (index 2) belongs to shard 1/2
+    assert (out / "hqgnn-b1" / "seed1" / "metrics.json").is_file()
+    assert not (out / "lightgcn" / "seed1").exists()
+    assert main(["experiment", str(path), "--quiet"]) == 0
+    assert all((out / d / "seed1" / "metrics.json").is_file() for d in ("lightgcn", "hqgnn-b1", "lsh-b1"))

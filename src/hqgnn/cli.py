@@ -136,7 +136,7 @@ def cmd_serve(args) -> int:
 def cmd_experiment(args) -> int:
     from .experiment import run_experiment
 
-    run_experiment(args.file, out_dir=args.out, progress=not args.quiet)
+    run_experiment(args.file, out_dir=args.out, progress=not args.quiet, shard=args.shard)
     return 0
 
 
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("experiment", help="run a grid of data sets x models x bits x seeds (resumable)")
     g.add_argument("file", help="experiment YAML")
     g.add_argument("--out", help="output folder (default: from the file)")
+    g.add_argument("--shard", help="K/N: run every N-th cell starting at the K-th (parallel workers; rerun without it to finish)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_experiment)
     return p

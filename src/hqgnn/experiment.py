@@ -18,7 +18,7 @@ An experiment file::
 
 Every cell is a normal run folder ``OUT/DATASET/MODEL-bB/seedS``; a cell with
 ``metrics.json`` is finished and is not rerun, one with only a checkpoint is
-resumed. The report: ``results.csv`` (one row per run), ``summary.md`` (mean
+resumed. The report, in ``OUT/reports/NAME/``: ``results.csv`` (one row per run), ``summary.md`` (mean
 +- std over seeds, gain and paired t-test p-value against the reference), and
 PNG plots (metric against bits with the full-precision line, model size
 against bits, training curves).
@@ -129,20 +129,38 @@ def cell_config(cell: Cell, out: Path) -> Config:
     return cfg.updated(dict(cell.settings), "experiment settings").validate()
 
 
-def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True) -> Path:
+def parse_shard(text: Optional[str]) -> tuple[int, int]:
+    """``"K/N"`` (1-based) to (K - 1, N); None is the whole grid."""
+    if not text:
+        return 0, 1
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected K/N, e.g. 1/2") from None
+    if not 1 <= k <= n:
+        raise ConfigError(f"--shard {text!r}: K must be in 1..N")
+    return k - 1, n
+
+
+def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, shard: Optional[str] = None) -> Path:
+    """Run the unfinished cells (of one shard, for parallel workers) and write the report."""
     from .api import Recommender, prepare_data
 
     spec = load_experiment(path)
     out = Path(out_dir or spec["out"])
     out.mkdir(parents=True, exist_ok=True)
-    cells = expand_cells(spec)
-    configs = [cell_config(c, out) for c in cells]  # validate every cell before running any
+    all_cells = expand_cells(spec)
+    configs = [cell_config(c, out) for c in all_cells]  # validate every cell before running any
+    index, count = parse_shard(shard)
+    mine = [(c, cfg) for j, (c, cfg) in enumerate(zip(all_cells, configs)) if j % count == index]
     data_cache: dict = {}
-    bar = tqdm(total=len(cells), desc=f"experiment {spec['name']}", unit="run", disable=not progress)
-    for cell, cfg in zip(cells, configs):
+    bar = tqdm(total=len(mine), desc=f"experiment {spec['name']}", unit="run", disable=not progress)
+    for cell, cfg in mine:
         run_dir = cell.run_dir(out)
         bar.set_postfix_str(f"{cell.dataset} {cell.label} seed {cell.seed}")
-        if not (run_dir / "metrics.json").is_file():
+        if cfg.from_run and not (Path(cfg.from_run) / "model.pt").is_file():
+            bar.write(f"skipped {cell.dataset} {cell.label} seed {cell.seed}: {cfg.from_run} is not finished (another shard?)")
+        elif not (run_dir / "metrics.json").is_file():
             key = (cfg.data, cfg.val_fraction, cfg.split_seed)
             if key not in data_cache:
                 data_cache[key] = prepare_data(cfg)
@@ -150,7 +168,7 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True) -
             rec.fit(data_cache[key], out_dir=run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=False)
         bar.update(1)
     bar.close()
-    write_report(spec, cells, out)
+    write_report(spec, all_cells, out)
     return out
 
 
@@ -218,10 +236,17 @@ def summarise(rows: list[dict], metrics: list[str], reference: Optional[dict]) -
     return "\n".join(lines)
 
 
+def report_dir(spec: dict, out: Path) -> Path:
+    """Reports live apart from the cells, so experiments may share cells (and their runs)."""
+    return out / "reports" / spec["name"]
+
+
 def write_report(spec: dict, cells: list[Cell], out: Path) -> None:
     rows = collect(cells, out)
     if not rows:
         return
+    cells_root, out = out, report_dir(spec, out)
+    out.mkdir(parents=True, exist_ok=True)
     keys = ["dataset", "model", "bits", "seed"] + sorted({k for r in rows for k in r} - {"dataset", "model", "bits", "seed"})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
@@ -232,10 +257,10 @@ def write_report(spec: dict, cells: list[Cell], out: Path) -> None:
     metrics = list(spec["metrics"])
     text = f"# {spec['name']}\n\n{summarise(rows, metrics, spec.get('reference'))}"
     write_text_atomic(out / "summary.md", text)
-    plot_report(rows, cells, metrics, out)
+    plot_report(rows, cells, metrics, out, cells_root)
 
 
-def plot_report(rows: list[dict], cells: list[Cell], metrics: list[str], out: Path) -> None:
+def plot_report(rows: list[dict], cells: list[Cell], metrics: list[str], out: Path, cells_root: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,7 +309,7 @@ def plot_report(rows: list[dict], cells: list[Cell], metrics: list[str], out: Pa
         for c in cells:
             if c.dataset != dataset or c.seed != first_seed:
                 continue
-            hist = c.run_dir(out) / "history.jsonl"
+            hist = c.run_dir(cells_root) / "history.jsonl"
             if not hist.is_file():
                 continue
             pts = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]

@@ -273,30 +273,24 @@ class PlaneKernel:
 
 
 class GemmKernel:
-    """Scores by a dense matrix product (BLAS): exact on integer levels, or float embeddings.
+    """Float32 scores by one BLAS sgemm per block of queries: the :class:`FloatIndex` kernel.
 
-    ``items`` is an ``(N, d)`` array: the odd levels ``k`` (integer kernel, ``exact_int=True``)
-    or float32 embeddings (``exact_int=False``). Integer levels are multiplied in float32
-    when ``d m^2 < 2^24`` (exact), else in float64 (exact below 2^53). Scores: larger is better.
+    ``items`` is an ``(N, d)`` float array (embeddings); scores are the float32 inner
+    products, larger is better.
     """
 
     largest = True
     row_block = 256
-    item_chunk = 1 << 30    # one sgemm per row block: small-M products are inefficient
-    name = "gemm"
+    item_chunk = 1 << 30    # one sgemm per row block: small products are inefficient
+    name = "sgemm"
 
-    def __init__(self, items: np.ndarray, exact_int: bool, max_abs_score: float = 0.0):
-        self.exact_int = exact_int
-        if exact_int and max_abs_score >= 2**24:
-            self.dtype = np.dtype(np.float64)
-        else:
-            self.dtype = np.dtype(np.float32)
-        self.items_t = np.ascontiguousarray(np.asarray(items).T, dtype=self.dtype)  # (d, N)
+    def __init__(self, items: np.ndarray):
+        self.dtype = self.score_dtype = np.dtype(np.float32)
+        self.items_t = np.ascontiguousarray(np.asarray(items, dtype=np.float32).T)  # (d, N)
         self.n_items = self.items_t.shape[1]
-        self.score_dtype = np.dtype(np.int32 if exact_int else np.float32)
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(queries, dtype=self.dtype)
+        return np.ascontiguousarray(queries, dtype=np.float32)
 
     def n_queries(self, q: np.ndarray) -> int:
         return q.shape[0]
@@ -305,33 +299,87 @@ class GemmKernel:
         np.matmul(q[lo:hi], self.items_t[:, ilo:ihi], out=out)
 
     def to_scores(self, vals: np.ndarray) -> np.ndarray:
-        if not self.exact_int:
-            return vals.astype(np.float32, copy=False)
+        return vals
+
+
+class CodeGemmKernel:
+    """Exact ``<k_u, k_i>`` of b-bit codes by a float matrix product of the odd levels.
+
+    Items stay as ``(N, d)`` uint8 codes (``d`` bytes per item, for any ``b <= 8``); each
+    chunk of items is turned into float levels ``k = 2c - m`` just before its sgemm
+    (amortised over a block of queries). Every product and partial sum is an integer
+    of magnitude ``<= d m^2``; float32 holds those exactly below 2^24, so the result
+    equals the integer inner product bit for bit (float64, exact below 2^53, beyond).
+    Honest label: exact integer arithmetic executed by the float unit, not integer-only.
+    """
+
+    largest = True
+    row_block = 256
+    item_chunk = 8192
+    name = "gemm"
+
+    def __init__(self, codes: np.ndarray, bits: int):
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.n_items, self.dim = self.codes.shape
+        self.bits, self.top = bits, 2**bits - 1
+        exact32 = self.dim * self.top**2 < 2**24
+        self.dtype = np.dtype(np.float32 if exact32 else np.float64)
+        self.score_dtype = np.dtype(np.int32)
+
+    def levels(self, codes: np.ndarray) -> np.ndarray:
+        out = np.asarray(codes).astype(self.dtype)
+        out *= 2
+        out -= self.top
+        return out
+
+    def prepare(self, queries: np.ndarray) -> np.ndarray:
+        """Queries as float levels ``(Q, d)`` from unsigned codes."""
+        return np.ascontiguousarray(self.levels(queries))
+
+    def n_queries(self, q: np.ndarray) -> int:
+        return q.shape[0]
+
+    def fill(self, q, lo, hi, out, ilo, ihi, tmp) -> None:
+        key = ("levels", ilo, ihi)
+        if tmp.get("chunk_key") != key:
+            lv = tmp.setdefault("levels", np.empty((self.item_chunk, self.dim), self.dtype))[: ihi - ilo]
+            np.copyto(lv, self.codes[ilo:ihi], casting="unsafe")
+            lv *= 2
+            lv -= self.top
+            tmp["chunk_key"] = key
+        np.matmul(q[lo:hi], tmp["levels"][: ihi - ilo].T, out=out)
+
+    def to_scores(self, vals: np.ndarray) -> np.ndarray:
         out = np.full(vals.shape, np.iinfo(np.int32).min, np.int32)
         ok = np.isfinite(vals)
-        out[ok] = vals[ok].astype(np.int64)
+        out[ok] = vals[ok]
         return out
 
 
 class IntMatmulKernel:
-    """Integer-only dense scores: ``torch.mm`` on int32 levels (exact while ``d m^2 < 2^31``)."""
+    """Integer-only dense ``<k_u, k_i>``: ``torch.mm`` on int32 levels (exact while ``d m^2 < 2^31``).
+
+    No float anywhere; on CPUs without int8 dot-product instructions torch's integer
+    matrix product is slower than sgemm, so this is not the default.
+    """
 
     largest = True
     row_block = 256
     item_chunk = 1 << 30
     name = "int32-mm"
 
-    def __init__(self, levels: np.ndarray):
+    def __init__(self, codes: np.ndarray, bits: int):
         import torch
 
         self._torch = torch
-        self.items_t = torch.from_numpy(np.ascontiguousarray(np.asarray(levels, dtype=np.int32).T))  # (d, N)
+        levels = 2 * np.asarray(codes, dtype=np.int32) - (2**bits - 1)
+        self.items_t = torch.from_numpy(np.ascontiguousarray(levels.T))  # (d, N)
         self.n_items = self.items_t.shape[1]
-        self.dtype = np.dtype(np.int32)
-        self.score_dtype = np.dtype(np.int32)
+        self.bits = bits
+        self.dtype = self.score_dtype = np.dtype(np.int32)
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(queries, dtype=np.int32)
+        return np.ascontiguousarray(2 * np.asarray(queries, dtype=np.int32) - (2**self.bits - 1))
 
     def n_queries(self, q: np.ndarray) -> int:
         return q.shape[0]
@@ -341,7 +389,7 @@ class IntMatmulKernel:
         t.mm(t.from_numpy(q[lo:hi]), self.items_t[:, ilo:ihi], out=t.from_numpy(out))
 
     def to_scores(self, vals: np.ndarray) -> np.ndarray:
-        return vals.astype(np.int32, copy=False)
+        return vals
 
 
 # ---------------------------------------------------------------- driver

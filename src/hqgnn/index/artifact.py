@@ -1,0 +1,404 @@
+"""The exported retrieval artifact: one self-describing, checksummed, memory-mappable file.
+
+File layout (format version 1, all integers little-endian)::
+
+    offset  0  magic            8 bytes  b"HQGNNIDX"
+    offset  8  format version   uint32
+    offset 12  header length H  uint32
+    offset 16  sha256          32 bytes  digest of every byte from offset 48 to the end
+    offset 48  header           H bytes  UTF-8 JSON (below)
+               zero padding to a multiple of 64
+    payload    the arrays, raw C-order bytes, each at a 64-byte aligned offset
+
+The JSON header holds the metadata -- ``model``, ``bits`` (1..8, or 32 for float
+embeddings), ``dim``, ``words`` (64-bit words per row and bit plane), ``pad_bits``,
+``layout``, ``n_users``, ``n_items``, ``user_scale``, ``item_scale``,
+``data_fingerprint``, ``extra`` (free-form JSON), ``created_by`` -- and an ``arrays``
+table ``name -> {dtype, shape, offset, nbytes}`` (offsets relative to the payload).
+
+Arrays: ``user_codes`` / ``item_codes`` -- ``(bits, n, words)`` uint64 bit planes
+(:mod:`hqgnn.index.packing`), or ``(n, dim)`` float32 embeddings when ``bits == 32``;
+``user_ids`` / ``item_ids`` -- the original ids (int64, or fixed-width unicode ``<U*``);
+``train_indptr`` (int64) / ``train_indices`` (int32 or int64) -- each user's training
+items as CSR, for excluding seen items.
+
+The checksum covers the header and the payload, so any flipped byte is detected;
+:func:`read_artifact` checks magic, version, size and checksum, then memory-maps the
+arrays (``mmap=True``) so the codes of a large catalogue are paged in on demand.
+Every problem raises :class:`hqgnn.errors.CheckpointError` with a one-line message
+that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..storage import atomic_path
+from .packing import LAYOUT, pack_codes, pad_bits, unpack_codes, words_per_row
+
+MAGIC = b"HQGNNIDX"
+FORMAT_VERSION = 1
+PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, sha256
+ALIGN = 64
+FLOAT_BITS = 32
+_HASH_CHUNK = 1 << 22
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+    except ImportError:  # pragma: no cover
+        __version__ = "unknown"
+    return f"hqgnn {__version__}"
+
+
+def _id_array(ids: Any, n: int, what: str) -> np.ndarray:
+    """Original ids as int64 or fixed-width unicode (memory-mappable; no Python objects)."""
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ValueError(f"{what} must be a 1-d array of {n} ids, got shape {arr.shape}")
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "U":
+        return arr
+    if arr.dtype.kind in "OS":
+        return arr.astype(str)
+    raise ValueError(f"{what} must hold integers or strings, got dtype {arr.dtype}")
+
+
+@dataclass
+class Artifact:
+    """A read artifact: metadata plus (memory-mapped) arrays. Fields mirror the file."""
+
+    path: Path
+    model: str
+    bits: int
+    dim: int
+    user_scale: float
+    item_scale: float
+    user_codes: Optional[np.ndarray]  # (bits, n_users, words) uint64, or (n_users, dim) float32
+    item_codes: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    train_indptr: np.ndarray
+    train_indices: np.ndarray
+    data_fingerprint: str = ""
+    extra: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def is_float(self) -> bool:
+        return self.bits == FLOAT_BITS
+
+    @property
+    def words(self) -> int:
+        return words_per_row(self.dim)
+
+    @property
+    def pad_bits(self) -> int:
+        return 0 if self.is_float else pad_bits(self.dim)
+
+    def unpacked_user_codes(self) -> np.ndarray:
+        """``(n_users, dim)`` uint8 unsigned codes (float32 embeddings for a float artifact)."""
+        return self._unpack(self.user_codes)
+
+    def unpacked_item_codes(self) -> np.ndarray:
+        """``(n_items, dim)`` uint8 unsigned codes (float32 embeddings for a float artifact)."""
+        return self._unpack(self.item_codes)
+
+    def _unpack(self, codes):
+        if codes is None:
+            return None
+        if self.is_float:
+            return np.asarray(codes)
+        return unpack_codes(codes, self.bits, self.dim)
+
+    def train_csr(self):
+        """The training interactions as a ``scipy.sparse.csr_matrix`` (users x items, ones)."""
+        import scipy.sparse as sp
+
+        data = np.ones(len(self.train_indices), dtype=np.float32)
+        return sp.csr_matrix((data, np.asarray(self.train_indices), np.asarray(self.train_indptr)),
+                             shape=(self.n_users, self.n_items))
+
+    def file_size(self) -> int:
+        return self.path.stat().st_size
+
+
+# ---------------------------------------------------------------- writing
+def write_artifact(path, *, model: str, bits: int, dim: int, user_codes: Optional[np.ndarray],
+                   item_codes: np.ndarray, user_scale: float, item_scale: float,
+                   user_ids: np.ndarray, item_ids: np.ndarray, train_indptr: np.ndarray,
+                   train_indices: np.ndarray, data_fingerprint: str = "",
+                   extra_meta: Optional[dict] = None) -> Path:
+    """Write an artifact atomically from *packed* codes (see the module docstring).
+
+    ``user_codes`` / ``item_codes`` are ``(bits, n, words)`` uint64 bit planes, or
+    ``(n, dim)`` float32 embeddings for ``bits == 32``; ``user_codes`` may be ``None``
+    (an item-only index). Returns the path. Nothing is left at ``path`` on failure.
+    """
+    path = Path(path)
+    is_float = bits == FLOAT_BITS
+    if not is_float and not 1 <= bits <= 8:
+        raise ValueError(f"bits must be 1..8 or 32, got {bits}")
+    n_items = len(item_ids)
+    n_users = len(user_ids)
+    arrays = {
+        "item_codes": np.ascontiguousarray(item_codes, dtype=np.float32 if is_float else np.uint64),
+        "user_ids": np.ascontiguousarray(user_ids),
+        "item_ids": np.ascontiguousarray(item_ids),
+        "train_indptr": np.ascontiguousarray(train_indptr, dtype=np.int64),
+        "train_indices": np.ascontiguousarray(
+            train_indices, dtype=np.int32 if n_items < 2**31 else np.int64),
+    }
+    if user_codes is not None:
+        arrays["user_codes"] = np.ascontiguousarray(user_codes, dtype=np.float32 if is_float else np.uint64)
+    expect = (lambda n: (n, dim)) if is_float else (lambda n: (bits, n, words_per_row(dim)))
+    if arrays["item_codes"].shape != expect(n_items):
+        raise ValueError(f"item_codes has shape {arrays['item_codes'].shape}, expected {expect(n_items)}")
+    if user_codes is not None and arrays["user_codes"].shape != expect(n_users):
+        raise ValueError(f"user_codes has shape {arrays['user_codes'].shape}, expected {expect(n_users)}")
+    if len(arrays["train_indptr"]) != n_users + 1:
+        raise ValueError(f"train_indptr has {len(arrays['train_indptr'])} entries, expected {n_users + 1}")
+    if arrays["train_indptr"][-1] != len(arrays["train_indices"]):
+        raise ValueError("train_indptr[-1] does not match the number of train_indices")
+    for name, arr in arrays.items():
+        if arr.dtype.kind == "O":
+            raise ValueError(f"{name}: object arrays cannot be stored")
+        if arr.dtype.byteorder == ">":
+            arrays[name] = arr.astype(arr.dtype.newbyteorder("<"))
+
+    table, offset = {}, 0
+    for name, arr in arrays.items():
+        table[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset, "nbytes": arr.nbytes}
+        offset = _align(offset + arr.nbytes)
+    meta = {
+        "format": "hqgnn-index",
+        "format_version": FORMAT_VERSION,
+        "created_by": _version(),
+        "model": str(model),
+        "bits": int(bits),
+        "dim": int(dim),
+        "words": 0 if is_float else words_per_row(dim),
+        "pad_bits": 0 if is_float else pad_bits(dim),
+        "layout": "float32" if is_float else LAYOUT,
+        "n_users": int(n_users),
+        "n_items": int(n_items),
+        "user_scale": float(user_scale),
+        "item_scale": float(item_scale),
+        "data_fingerprint": str(data_fingerprint or ""),
+        "extra": extra_meta or {},
+        "arrays": table,
+    }
+    header = json.dumps(meta, sort_keys=True).encode("utf-8")
+    payload_offset = _align(PREAMBLE.size + len(header))
+    meta_pad = payload_offset - PREAMBLE.size - len(header)
+
+    digest = hashlib.sha256()
+    digest.update(header)
+    digest.update(b"\0" * meta_pad)
+    pos = 0
+    for name, arr in arrays.items():
+        gap = table[name]["offset"] - pos
+        digest.update(b"\0" * gap)
+        digest.update(memoryview(arr).cast("B") if arr.nbytes else b"")
+        pos = table[name]["offset"] + arr.nbytes
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header), digest.digest()))
+            fh.write(header)
+            fh.write(b"\0" * meta_pad)
+            pos = 0
+            for name, arr in arrays.items():
+                fh.write(b"\0" * (table[name]["offset"] - pos))
+                if arr.nbytes:
+                    fh.write(memoryview(arr).cast("B"))
+                pos = table[name]["offset"] + arr.nbytes
+    return path
+
+
+def export_from_arrays(path, *, model: str, bits: int, user_codes: Optional[np.ndarray], item_codes: np.ndarray,
+                       user_scale: float = 1.0, item_scale: float = 1.0, user_ids=None, item_ids=None,
+                       train_csr=None, data_fingerprint: str = "", extra_meta: Optional[dict] = None) -> dict:
+    """Pack unsigned codes (or float32 embeddings) and write an artifact; returns a summary dict.
+
+    ``user_codes`` / ``item_codes``: ``(n, d)`` unsigned codes in ``[0, 2^bits - 1]`` for
+    ``bits`` in 1..8 (``QuantizedModel.export_codes``), or float32 embeddings with
+    ``bits == 32`` (scales are then 1.0). ``user_ids`` / ``item_ids``: original ids
+    (default ``0..n-1``). ``train_csr``: the training interactions (``scipy.sparse``
+    matrix, or an ``(indptr, indices)`` pair), or ``None`` for no seen items.
+    """
+    item_codes = np.asarray(item_codes)
+    n_items, dim = item_codes.shape
+    if bits == FLOAT_BITS:
+        packed_items = item_codes.astype(np.float32)
+        packed_users = None if user_codes is None else np.asarray(user_codes, dtype=np.float32)
+        user_scale = item_scale = 1.0
+    else:
+        packed_items = pack_codes(item_codes, bits)
+        packed_users = None if user_codes is None else pack_codes(user_codes, bits)
+    if user_codes is not None and np.asarray(user_codes).shape[1] != dim:
+        raise ValueError(f"user codes have dim {np.asarray(user_codes).shape[1]}, item codes {dim}")
+    if user_codes is not None:
+        n_users = len(user_codes)
+    elif user_ids is not None:
+        n_users = len(user_ids)
+    elif train_csr is not None:
+        n_users = (train_csr.shape[0] if hasattr(train_csr, "shape") else len(train_csr[0]) - 1)
+    else:
+        n_users = 0
+    if train_csr is None:
+        indptr, indices = np.zeros(n_users + 1, np.int64), np.zeros(0, np.int64)
+    elif hasattr(train_csr, "tocsr"):
+        m = train_csr.tocsr()
+        if m.shape != (n_users, n_items):
+            raise ValueError(f"train_csr has shape {m.shape}, expected ({n_users}, {n_items})")
+        m.sort_indices()
+        indptr, indices = m.indptr, m.indices
+    else:
+        indptr, indices = (np.asarray(a) for a in train_csr)
+    uids = _id_array(user_ids, n_users, "user_ids")
+    iids = _id_array(item_ids, n_items, "item_ids")
+    out = write_artifact(path, model=model, bits=bits, dim=dim, user_codes=packed_users, item_codes=packed_items,
+                         user_scale=user_scale, item_scale=item_scale, user_ids=uids, item_ids=iids,
+                         train_indptr=indptr, train_indices=indices, data_fingerprint=data_fingerprint,
+                         extra_meta=extra_meta)
+    size = out.stat().st_size
+    return {"path": str(out), "model": model, "bits": int(bits), "dim": int(dim), "n_users": int(n_users),
+            "n_items": int(n_items), "bytes": int(size),
+            "code_bytes": int(packed_items.nbytes + (0 if packed_users is None else packed_users.nbytes))}
+
+
+# ---------------------------------------------------------------- reading
+def read_header(path) -> tuple[dict, int]:
+    """Validate the preamble and return ``(meta, payload_offset)`` (no checksum check)."""
+    meta, payload_offset, _ = _read_preamble(Path(path))
+    return meta, payload_offset
+
+
+def _read_preamble(path: Path):
+    if not path.exists():
+        raise CheckpointError(f"{path}: artifact not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(PREAMBLE.size)
+        if head[: len(MAGIC)] != MAGIC[: len(head)]:
+            raise CheckpointError(f"{path}: not an hqgnn index artifact (bad magic)")
+        if len(head) < PREAMBLE.size:
+            raise CheckpointError(f"{path}: truncated artifact ({size} bytes)")
+        _, version, header_len, digest = PREAMBLE.unpack(head)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"{path}: artifact format version {version} is newer than this hqgnn reads "
+                                  f"(up to {FORMAT_VERSION}); upgrade hqgnn")
+        if version < 1:
+            raise CheckpointError(f"{path}: corrupt artifact (format version {version})")
+        if PREAMBLE.size + header_len > size:
+            raise CheckpointError(f"{path}: truncated artifact ({size} bytes, header needs {PREAMBLE.size + header_len})")
+        header = fh.read(header_len)
+    try:
+        meta = json.loads(header.decode("utf-8"))
+        payload_offset = _align(PREAMBLE.size + header_len)
+        payload_size = max((a["offset"] + a["nbytes"] for a in meta["arrays"].values()), default=0)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{path}: corrupt artifact (unreadable header)") from None
+    if size < payload_offset + payload_size:
+        raise CheckpointError(f"{path}: truncated artifact ({size} bytes, expected {payload_offset + payload_size})")
+    if size > payload_offset + payload_size:
+        raise CheckpointError(f"{path}: corrupt artifact ({size - payload_offset - payload_size} trailing bytes)")
+    return meta, payload_offset, digest
+
+
+def _checksum(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(PREAMBLE.size)
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.digest()
+
+
+def read_artifact(path, mmap: bool = True, bits: Optional[int] = None, verify: bool = True) -> Artifact:
+    """Read and validate an artifact; arrays are memory-mapped read-only when ``mmap``.
+
+    Checks, in order: the file exists, magic, format version (newer raises), sizes
+    (truncation), the sha256 checksum (``verify``; corruption), the header fields, and
+    ``bits`` when given (a model exported at another bit width raises). Raises
+    :class:`~hqgnn.errors.CheckpointError` naming the file and the problem.
+    """
+    path = Path(path)
+    meta, payload_offset, digest = _read_preamble(path)
+    if verify and _checksum(path) != digest:
+        raise CheckpointError(f"{path}: corrupt artifact (sha256 checksum mismatch)")
+    try:
+        stored_bits, dim = int(meta["bits"]), int(meta["dim"])
+        table = meta["arrays"]
+        arrays = {}
+        for name, spec in table.items():
+            dtype, shape = np.dtype(spec["dtype"]), tuple(int(s) for s in spec["shape"])
+            if dtype.hasobject or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != int(spec["nbytes"]):
+                raise ValueError(name)
+            if spec["nbytes"] == 0:
+                arrays[name] = np.zeros(shape, dtype)
+            elif mmap:
+                arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=payload_offset + spec["offset"],
+                                         shape=shape)
+            else:
+                with open(path, "rb") as fh:
+                    fh.seek(payload_offset + spec["offset"])
+                    arrays[name] = np.frombuffer(fh.read(spec["nbytes"]), dtype=dtype).reshape(shape).copy()
+        art = Artifact(
+            path=path, model=str(meta["model"]), bits=stored_bits, dim=dim,
+            user_scale=float(meta["user_scale"]), item_scale=float(meta["item_scale"]),
+            user_codes=arrays.get("user_codes"), item_codes=arrays["item_codes"],
+            user_ids=arrays["user_ids"], item_ids=arrays["item_ids"],
+            train_indptr=arrays["train_indptr"], train_indices=arrays["train_indices"],
+            data_fingerprint=str(meta.get("data_fingerprint", "")), extra=dict(meta.get("extra") or {}),
+            format_version=int(meta["format_version"]), meta=meta,
+        )
+    except (KeyError, ValueError, TypeError):
+        raise CheckpointError(f"{path}: corrupt artifact (inconsistent header)") from None
+    _check_consistent(art)
+    if bits is not None and int(bits) != stored_bits:
+        what = "float32 embeddings" if stored_bits == FLOAT_BITS else f"{stored_bits}-bit codes"
+        raise CheckpointError(f"{path}: artifact holds {what}, but bits={bits} was requested")
+    return art
+
+
+def _check_consistent(art: Artifact) -> None:
+    p = art.path
+    if art.bits != FLOAT_BITS and not 1 <= art.bits <= 8:
+        raise CheckpointError(f"{p}: corrupt artifact (bits={art.bits})")
+    expect = ((art.n_items, art.dim) if art.is_float else (art.bits, art.n_items, words_per_row(art.dim)))
+    if art.item_codes.shape != expect:
+        raise CheckpointError(f"{p}: corrupt artifact (item_codes shape {art.item_codes.shape}, expected {expect})")
+    if art.user_codes is not None:
+        expect_u = ((art.n_users, art.dim) if art.is_float else (art.bits, art.n_users, words_per_row(art.dim)))
+        if art.user_codes.shape != expect_u:
+            raise CheckpointError(f"{p}: corrupt artifact (user_codes shape {art.user_codes.shape}, expected {expect_u})")
+    if len(art.train_indptr) != art.n_users + 1 or int(art.train_indptr[-1]) != len(art.train_indices):
+        raise CheckpointError(f"{p}: corrupt artifact (training CSR does not match {art.n_users} users)")
