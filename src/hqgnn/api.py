@@ -160,7 +160,7 @@ def _lookup(known: np.ndarray, ids: Sequence, what: str) -> np.ndarray:
     if known.dtype.kind in "iu" and ids.dtype.kind in "iu" and np.array_equal(known, np.arange(len(known))):
         bad = (ids < 0) | (ids >= len(known))
         if bad.any():
-            raise DataError(f"unknown {what} id {ids[bad][0]!r} (known ids: 0 .. {len(known) - 1})")
+            raise DataError(f"unknown {what} id {ids[bad][0].item()!r} (known ids: 0 .. {len(known) - 1})")
         return ids.astype(np.int64)
     keys = known.astype(str)
     order = np.argsort(keys)
@@ -169,7 +169,7 @@ def _lookup(known: np.ndarray, ids: Sequence, what: str) -> np.ndarray:
     pos = np.minimum(pos, len(keys) - 1)
     found = keys[order][pos] == q
     if not found.all():
-        raise DataError(f"unknown {what} id {ids[~found][0]!r}")
+        raise DataError(f"unknown {what} id {ids[~found][0].item()!r}")
     return order[pos].astype(np.int64)
 
 

@@ -50,11 +50,25 @@ def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks: Sequence
     return out
 
 
-def rank_top_k(scores: torch.Tensor, exclude: Optional[torch.Tensor], k: int) -> torch.Tensor:
-    """Indices of the top-k columns per row, excluded columns never returned."""
+def rank_top_k(scores: torch.Tensor, exclude: Optional[torch.Tensor], k: int, integer_scores: bool = False) -> torch.Tensor:
+    """Indices of the top-k columns per row, excluded columns never returned.
+
+    With ``integer_scores`` (quantized models: integer inner products of the
+    codes, held exactly in float32) ties are broken by the lower item index,
+    through the int64 key score * n + (n - 1 - index): the order then does not
+    depend on k or on the top-k kernel, and equals the retrieval engine's.
+    Float scores rarely tie; their ties are left to torch.topk.
+    """
+    k = min(k, scores.shape[1])
+    if integer_scores:
+        n = scores.shape[1]
+        key = scores.to(torch.int64) * n + torch.arange(n - 1, -1, -1, device=scores.device)
+        if exclude is not None:
+            key = key.masked_fill(exclude, torch.iinfo(torch.int64).min)
+        return torch.topk(key, k=k, dim=1).indices
     if exclude is not None:
         scores = scores.masked_fill(exclude, float("-inf"))
-    return torch.topk(scores, k=min(k, scores.shape[1]), dim=1).indices
+    return torch.topk(scores, k=k, dim=1).indices
 
 
 @torch.no_grad()
@@ -66,6 +80,7 @@ def evaluate_scores(
     batch_size: int = 4096,
     device: torch.device | str = "cpu",
     users: Optional[np.ndarray] = None,
+    integer_scores: bool = False,
 ) -> dict:
     """Average metrics over users with at least one target item.
 
@@ -88,7 +103,7 @@ def evaluate_scores(
         for e in exclude:
             m = csr_rows_to_dense_mask(e, batch, device)
             mask = m if mask is None else mask | m
-        top = rank_top_k(scores, mask, max_k)
+        top = rank_top_k(scores, mask, max_k, integer_scores)
         relevant = csr_rows_to_dense_mask(target, batch, device)
         hits = torch.gather(relevant, 1, top)
         if mask is not None:
@@ -110,8 +125,12 @@ def evaluate_embeddings(
     exclude: Iterable[sp.csr_matrix],
     ks: Sequence[int] = (20, 50, 100),
     batch_size: int = 4096,
+    integer_scores: bool = False,
 ) -> dict:
-    """Full-ranking metrics when the score is the inner product of user and item embeddings."""
+    """Full-ranking metrics when the score is the inner product of user and item embeddings.
+
+    ``integer_scores``: the embeddings are integer code levels (quantized
+    models), so scores are exact integers and ties break by item index."""
     item_t = item_emb.t().contiguous()
     return evaluate_scores(
         lambda idx: user_emb[idx] @ item_t,
@@ -120,6 +139,7 @@ def evaluate_embeddings(
         ks=ks,
         batch_size=batch_size,
         device=user_emb.device,
+        integer_scores=integer_scores,
     )
 
 

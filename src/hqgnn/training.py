@@ -88,8 +88,9 @@ def excluded_for(split: str, data: InteractionData) -> list:
 
 
 def evaluate_model(model: ScoringModel, adj, data: InteractionData, split: str, cfg: Config) -> dict:
-    u, i = model.eval_embeddings(adj)
-    return evaluate_embeddings(u, i, data.split(split), excluded_for(split, data), ks=cfg.ks, batch_size=cfg.eval_batch_size)
+    u, i, integer = model.ranking_embeddings(adj)
+    return evaluate_embeddings(u, i, data.split(split), excluded_for(split, data), ks=cfg.ks,
+                               batch_size=cfg.eval_batch_size, integer_scores=integer)
 
 
 class Trainer:

@@ -206,6 +206,15 @@ def _mask_excluded(S: np.ndarray, indptr: np.ndarray, indices: np.ndarray, lo: i
 
 
 # ---------------------------------------------------------------- kernels
+def _scratch(tmp: dict, name: str, rows: int, cols: int, dtype) -> np.ndarray:
+    """A reusable ``(rows, cols)`` scratch array from the per-thread dict ``tmp`` (grown on demand)."""
+    buf = tmp.get(name)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] < cols:
+        buf = tmp[name] = np.empty((max(rows, 0 if buf is None else buf.shape[0]),
+                                    max(cols, 0 if buf is None else buf.shape[1])), dtype)
+    return buf[:rows, :cols]
+
+
 class PlaneKernel:
     """Integer-only b-bit scores by XOR + popcount over packed bit planes (``b = 1``: Hamming).
 
@@ -241,11 +250,11 @@ class PlaneKernel:
     def fill(self, q: np.ndarray, lo: int, hi: int, out: np.ndarray, ilo: int, ihi: int, tmp: dict) -> None:
         """Costs of queries ``lo .. hi-1`` against items ``ilo .. ihi-1`` into ``out`` (R x C)."""
         R, C = hi - lo, ihi - ilo
-        x = tmp.setdefault("xor", np.empty((self.row_block, self.item_chunk), np.uint64))[:R, :C]
+        x = _scratch(tmp, "xor", R, C, np.uint64)
         first = True
         single = self.bits == 1 and self.words == 1 and self.dtype == np.uint8
         if not single:
-            pc = tmp.setdefault("pc", np.empty((self.row_block, self.item_chunk), self.dtype))[:R, :C]
+            pc = _scratch(tmp, "pc", R, C, self.dtype)
         for j in range(self.bits):          # loops over bit planes and words only
             for l in range(self.bits):
                 shift = j + l
@@ -342,12 +351,12 @@ class CodeGemmKernel:
     def fill(self, q, lo, hi, out, ilo, ihi, tmp) -> None:
         key = ("levels", ilo, ihi)
         if tmp.get("chunk_key") != key:
-            lv = tmp.setdefault("levels", np.empty((self.item_chunk, self.dim), self.dtype))[: ihi - ilo]
+            lv = _scratch(tmp, "levels", ihi - ilo, self.dim, self.dtype)
             np.copyto(lv, self.codes[ilo:ihi], casting="unsafe")
             lv *= 2
             lv -= self.top
             tmp["chunk_key"] = key
-        np.matmul(q[lo:hi], tmp["levels"][: ihi - ilo].T, out=out)
+        np.matmul(q[lo:hi], tmp["levels"][: ihi - ilo, : self.dim].T, out=out)
 
     def to_scores(self, vals: np.ndarray) -> np.ndarray:
         out = np.full(vals.shape, np.iinfo(np.int32).min, np.int32)
@@ -462,6 +471,23 @@ def search_topk(kernel, queries: np.ndarray, k: int, exclude: Optional[tuple] = 
     if scores_out is None:
         scores_out = np.empty((0, k), kernel.score_dtype)
     return items_out, scores_out
+
+
+def all_scores(kernel, queries: np.ndarray) -> np.ndarray:
+    """The full ``(Q, N)`` score matrix of a kernel (int32 ``<k_u, k_i>`` or float32): tests, small sizes."""
+    q = kernel.prepare(queries)
+    nq, n = kernel.n_queries(q), kernel.n_items
+    out = np.empty((nq, n), kernel.score_dtype)
+    tmp: dict = {}
+    rb, chunk = kernel.row_block, min(kernel.item_chunk, max(n, 1))
+    buf = np.empty((rb, n), kernel.dtype)
+    for lo in range(0, nq, rb):  # loop over blocks
+        hi = min(nq, lo + rb)
+        for ilo in range(0, n, chunk):
+            ihi = min(n, ilo + chunk)
+            kernel.fill(q, lo, hi, buf[: hi - lo, ilo:ihi], ilo, ihi, tmp)
+        out[lo:hi] = kernel.to_scores(buf[: hi - lo])
+    return out
 
 
 def brute_force_scores(user_levels: np.ndarray, item_levels: np.ndarray) -> np.ndarray:

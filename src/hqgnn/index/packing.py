@@ -55,7 +55,7 @@ def unpack_bits(words: np.ndarray, dim: int) -> np.ndarray:
     words = np.ascontiguousarray(words, dtype="<u8")
     if words.ndim != 2 or words.shape[1] != words_per_row(dim):
         raise ValueError(f"expected (n, {words_per_row(dim)}) words for dim={dim}, got shape {words.shape}")
-    as_bytes = words.view(np.uint8).reshape(words.shape[0], -1)
+    as_bytes = words.view(np.uint8).reshape(words.shape[0], 8 * words.shape[1])
     return np.unpackbits(as_bytes, axis=1, count=dim, bitorder="little")
 
 

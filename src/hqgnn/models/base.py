@@ -66,6 +66,14 @@ class ScoringModel(nn.Module):
             self.train(was)
         return u.detach(), i.detach()
 
+    def ranking_embeddings(self, adj) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(users, items, integer): embeddings whose inner products rank items like the scores do.
+
+        Quantized models return their integer code levels (``integer`` True),
+        so evaluation ranks exactly as the integer retrieval engine does."""
+        u, i = self.eval_embeddings(adj)
+        return u, i, False
+
     def describe(self) -> dict:
         d, n = self.encoder.dim, self.n_users + self.n_items
         return {"bits": 32, "dim": d, "bytes_per_user": 4 * d, "bytes_per_item": 4 * d, "total_bytes": 4 * d * n,

@@ -150,6 +150,20 @@ class QuantizedModel(ScoringModel):
     def _pre_quantize(self, u, i):
         return u, i
 
+    @torch.no_grad()
+    def ranking_embeddings(self, adj):
+        """Integer levels k (as float32: |<k_u, k_i>| <= d (2^b - 1)^2 is exact below 2^24 for d <= 256).
+
+        <x_hat_u, x_hat_i> = (s_u s_i / 4) <k_u, k_i> with s_u, s_i > 0, so both rank alike."""
+        was = self.training
+        self.eval()
+        try:
+            u, i = self._pre_quantize(*self.encoder(adj))
+            self.user_quantizer(u), self.item_quantizer(i)  # calibrated mode: fix the scales on these tables
+            return self.user_quantizer.levels(u).float(), self.item_quantizer.levels(i).float(), True
+        finally:
+            self.train(was)
+
     def describe(self) -> dict:
         d = self.encoder.dim
         return quantized_size(self.bits, d, self.n_users, self.n_items) | {

@@ -1,0 +1,716 @@
+"""FAISS-style retrieval indexes over exported embeddings: b-bit codes or float32.
+
+* :class:`QuantizedIndex` -- b-bit codes (1..8). Scores are the integers
+  ``<k_u, k_i>`` (the model score is ``(s_u s_i / 4) <k_u, k_i>``, see :meth:`dequantize`).
+  Backends: ``"exact"`` (default; :mod:`hqgnn.index.kernels`) and, for 1 bit, the
+  faiss binary indexes ``"faiss-flat"`` (exact Hamming), ``"faiss-hnsw"`` and
+  ``"faiss-ivf"`` (approximate).
+* :class:`FloatIndex` -- float32 embeddings, scored by the float inner product
+  (``"exact"``: BLAS sgemm + exact selection; ``"faiss-flat"``: ``IndexFlatIP``).
+
+Both share one interface: ``search`` (users or query vectors -> top-k items),
+``similar`` (item -> top-k other items), ``recommend`` / ``similar_items`` (original ids
+in, :class:`Recommendations` out), ``save`` / ``load`` (the artifact of
+:mod:`hqgnn.index.artifact`). Every result is exact for ``"exact"`` and ``"faiss-flat"``:
+best first, ties broken by the lower item index, excluded items never returned, rows
+with fewer than ``k`` eligible items padded with item ``-1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError
+from . import kernels as K
+from .artifact import FLOAT_BITS, Artifact, export_from_arrays, read_artifact
+from .errors import RetrievalError
+from .packing import check_codes, pack_codes, unpack_codes
+
+EXACT = "exact"
+FAISS_BACKENDS = ("faiss-flat", "faiss-hnsw", "faiss-ivf")
+QUANTIZED_KERNELS = ("auto", "bitplane", "gemm", "int32-mm")
+
+#: Default kernel per bit width, chosen from benchmarks/retrieval.py on a 2-core AVX2 CPU:
+#: XOR + popcount wins for 1 bit; for 2..8 bits the float-unit GEMM of exact small
+#: integers beats b^2 popcount passes and torch's int32 matmul.
+DEFAULT_KERNEL = {1: "bitplane", **{b: "gemm" for b in range(2, 9)}}
+
+Exclude = Union[None, str, tuple, Any]
+
+
+# ---------------------------------------------------------------- results
+@dataclass
+class Recommendations:
+    """Top-k results mapped back to original ids.
+
+    ``queries``: the original user (or item) ids asked for; ``items``: ``(q, k)`` original
+    item ids; ``scores``: ``(q, k)`` raw index scores (int32 ``<k_u, k_i>`` for codes,
+    float32 for embeddings); ``values``: the model's scores (dequantized, float64);
+    ``valid``: ``(q, k)`` bool, False on padding (fewer than ``k`` eligible items).
+    """
+
+    queries: np.ndarray
+    items: np.ndarray
+    scores: np.ndarray
+    values: np.ndarray
+    valid: np.ndarray
+    kind: str = "user"
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def to_records(self) -> list[dict]:
+        """One JSON-ready dict per query: ``{kind: id, "items": [...], "scores": [...], "values": [...]}``."""
+        out = []
+        for row in range(len(self.queries)):  # output formatting only, not a hot path
+            ok = self.valid[row]
+            out.append({
+                self.kind: _py(self.queries[row]),
+                "items": [_py(x) for x in self.items[row][ok]],
+                "scores": [_py(x) for x in self.scores[row][ok]],
+                "values": [float(x) for x in self.values[row][ok]],
+            })
+        return out
+
+
+def _py(x):
+    """A numpy scalar as the matching Python value (for JSON)."""
+    return x.item() if hasattr(x, "item") else x
+
+
+# ---------------------------------------------------------------- ids
+class IdMap:
+    """Original ids <-> dense indices, vectorised (sorted lookup; identity ranges are free)."""
+
+    def __init__(self, ids: Optional[np.ndarray], n: int, what: str):
+        self.what, self.n = what, n
+        self.ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
+        if len(self.ids) != n:
+            raise ValueError(f"{what} ids: {len(self.ids)} ids for {n} rows")
+        self.identity = self.ids.dtype.kind in "iu" and (n == 0 or (int(self.ids[0]) == 0 and int(self.ids[-1]) == n - 1
+                                                                      and np.array_equal(self.ids, np.arange(n))))
+        self._order = None
+
+    def to_index(self, ids: Sequence) -> np.ndarray:
+        """Dense indices of original ids; an unknown id raises :class:`RetrievalError` naming it."""
+        arr = np.atleast_1d(np.asarray(ids))
+        if arr.dtype.kind == "O":
+            arr = arr.astype(str)
+        if self.identity and arr.dtype.kind in "iu":
+            bad = (arr < 0) | (arr >= self.n)
+            if bad.any():
+                raise RetrievalError(f"unknown {self.what} id {arr[bad][0].item()!r} "
+                                     f"(known ids: 0 .. {self.n - 1})")
+            return arr.astype(np.int64)
+        int_keys = self.ids.dtype.kind in "iu"
+        q = arr
+        if int_keys and arr.dtype.kind not in "iu":
+            try:
+                q = arr.astype(np.int64)
+            except ValueError:
+                bad = next(x for x in arr if not _is_int(x))
+                raise RetrievalError(f"unknown {self.what} id {_py(bad)!r} ({self.what} ids are integers)") from None
+        elif not int_keys:
+            q = arr.astype(str)
+        if self._order is None:
+            keys = self.ids if int_keys else self.ids.astype(str)
+            self._order = np.argsort(keys, kind="stable")
+            self._sorted = keys[self._order]
+        if self.n == 0:
+            raise RetrievalError(f"unknown {self.what} id {_py(arr[0])!r} (no {self.what}s known)")
+        pos = np.minimum(np.searchsorted(self._sorted, q), self.n - 1)
+        found = self._sorted[pos] == q
+        if not np.all(found):
+            raise RetrievalError(f"unknown {self.what} id {_py(arr[~found][0])!r} ({self.n} {self.what}s known)")
+        return self._order[pos].astype(np.int64)
+
+    def to_ids(self, index: np.ndarray) -> np.ndarray:
+        """Original ids of dense indices (``-1`` padding maps to ``-1`` / ``""``)."""
+        index = np.asarray(index)
+        out = self.ids[np.maximum(index, 0)] if self.n else np.zeros(index.shape, self.ids.dtype)
+        pad = index < 0
+        if pad.any():
+            out = out.copy()
+            out[pad] = -1 if out.dtype.kind in "iu" else ""
+        return out
+
+
+def _is_int(x) -> bool:
+    try:
+        int(x)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def check_k(k, n_items: int) -> int:
+    """``k`` as an int in ``1 .. n_items``, else :class:`RetrievalError`."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise RetrievalError(f"k={k!r} must be an integer in 1 .. {n_items}")
+    if not 1 <= int(k) <= n_items:
+        raise RetrievalError(f"k={k} is out of range: expected 1 .. {n_items}")
+    return int(k)
+
+
+# ---------------------------------------------------------------- base
+class _Index:
+    """Shared plumbing: ids, exclusion, result mapping, faiss over-fetch, save/load."""
+
+    bits: int
+
+    def __init__(self, n_users: int, n_items: int, dim: int, user_ids=None, item_ids=None, train=None,
+                 model: str = "", data_fingerprint: str = "", extra: Optional[dict] = None,
+                 backend: str = EXACT, backend_params: Optional[dict] = None, threads: Optional[int] = None):
+        self.n_users, self.n_items, self.dim = n_users, n_items, dim
+        self.user_map = IdMap(user_ids, n_users, "user")
+        self.item_map = IdMap(item_ids, n_items, "item")
+        self.train = _as_csr(train, n_users, n_items) if train is not None else None
+        self.model, self.data_fingerprint, self.extra = model, data_fingerprint, dict(extra or {})
+        self.threads = threads
+        self.backend_params = dict(backend_params or {})
+        self._faiss = None
+        self.backend = backend
+
+    # ----- backend
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        allowed = self._backends()
+        if value not in allowed:
+            raise ConfigError(f"backend={value!r} is not available for this index (choose from {', '.join(allowed)})")
+        self._backend = value
+        self._faiss = None
+
+    def _backends(self) -> tuple:
+        return (EXACT,)
+
+    # ----- queries
+    def _user_rows(self, users) -> np.ndarray:
+        if users is None:
+            return np.arange(self.n_users, dtype=np.int64)
+        rows = np.atleast_1d(np.asarray(users))
+        if rows.dtype.kind not in "iu":
+            raise RetrievalError(f"user indices must be integers, got dtype {rows.dtype}")
+        bad = (rows < 0) | (rows >= self.n_users)
+        if bad.any():
+            raise RetrievalError(f"user index {rows[bad][0].item()} out of range 0 .. {self.n_users - 1}")
+        return rows.astype(np.int64)
+
+    def _item_rows(self, items) -> np.ndarray:
+        rows = np.atleast_1d(np.asarray(items))
+        if rows.dtype.kind not in "iu":
+            raise RetrievalError(f"item indices must be integers, got dtype {rows.dtype}")
+        bad = (rows < 0) | (rows >= self.n_items)
+        if bad.any():
+            raise RetrievalError(f"item index {rows[bad][0].item()} out of range 0 .. {self.n_items - 1}")
+        return rows.astype(np.int64)
+
+    def _exclusion(self, exclude: Exclude, rows: Optional[np.ndarray], n_queries: int):
+        """``exclude`` as a CSR ``(indptr, indices)`` aligned with the queries, or None."""
+        if exclude is None or exclude is False:
+            return None
+        if isinstance(exclude, str) or exclude is True:
+            if exclude not in ("train", True):
+                raise RetrievalError(f"exclude={exclude!r}: expected 'train', a CSR matrix or (indptr, indices)")
+            if rows is None:
+                raise RetrievalError("exclude='train' needs user indices, not query vectors")
+            if self.train is None:
+                return None
+            indptr, indices = self.train
+        else:
+            indptr, indices = _as_csr(exclude, None, self.n_items)
+        n_rows = len(indptr) - 1
+        if rows is not None and n_rows == self.n_users:
+            return K.csr_rows(indptr, indices, rows)  # one row per user: take the queried users' rows
+        if n_rows != n_queries:
+            raise RetrievalError(f"exclusion matrix has {n_rows} rows; expected one per query ({n_queries})"
+                                 + (f" or one per user ({self.n_users})" if rows is not None else ""))
+        return indptr, indices
+
+    # ----- public search API
+    def search(self, users=None, k: int = 10, *, queries=None, exclude: Exclude = None,
+               threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for users (dense indices; ``None`` = all) or for query vectors.
+
+        ``queries``: ``(q, d)`` unsigned codes (:class:`QuantizedIndex`) or float32
+        vectors (:class:`FloatIndex`), instead of ``users``. ``exclude``: ``None``,
+        ``"train"`` (the users' training items), or a CSR (``scipy.sparse`` or
+        ``(indptr, indices)``) with one row per user or per query. Returns
+        ``(items, scores)``, each ``(q, k)``: item indices (int64, best first, ties to
+        the lower index, ``-1`` padding) and the raw scores.
+        """
+        k = check_k(k, self.n_items)
+        if queries is not None and users is not None:
+            raise RetrievalError("pass either users or queries, not both")
+        if queries is None:
+            if not self._has_user_vectors():
+                raise RetrievalError(f"this index holds no user {'embeddings' if self.bits == FLOAT_BITS else 'codes'}:"
+                                     " search with query vectors instead")
+            rows = self._user_rows(users)
+            q = self._user_queries(rows)
+        else:
+            rows = None
+            q = self._query_vectors(queries)
+        excl = self._exclusion(exclude, rows, self._count(q))
+        return self._run(q, k, excl, threads)
+
+    def similar(self, items, k: int = 10, threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item-to-item neighbours of items (dense indices), the item itself excluded."""
+        k = check_k(k, self.n_items)
+        rows = self._item_rows(items)
+        q = self._item_queries(rows)
+        excl = (np.arange(len(rows) + 1, dtype=np.int64), rows)
+        return self._run(q, k, excl, threads)
+
+    def recommend(self, user_ids, k: int = 10, exclude_seen: bool = True,
+                  threads: Optional[int] = None) -> Recommendations:
+        """Top-``k`` original item ids for original user ids (seen items excluded unless told)."""
+        ids = np.atleast_1d(np.asarray(user_ids))
+        rows = self.user_map.to_index(ids)
+        items, scores = self.search(rows, k, exclude="train" if exclude_seen else None, threads=threads)
+        return self._results(ids, items, scores, self._user_value_scale(), "user")
+
+    def similar_items(self, item_ids, k: int = 10, threads: Optional[int] = None) -> Recommendations:
+        """Top-``k`` neighbours (original ids) of original item ids, the item itself excluded."""
+        ids = np.atleast_1d(np.asarray(item_ids))
+        rows = self.item_map.to_index(ids)
+        items, scores = self.similar(rows, k, threads=threads)
+        return self._results(ids, items, scores, self._item_value_scale(), "item")
+
+    def _results(self, ids, items, scores, scale, kind) -> Recommendations:
+        valid = items >= 0
+        values = np.where(valid, scores.astype(np.float64) * scale, -np.inf)
+        return Recommendations(queries=ids, items=self.item_map.to_ids(items), scores=scores, values=values,
+                               valid=valid, kind=kind)
+
+    def user_index(self, user_ids) -> np.ndarray:
+        """Dense user indices of original user ids."""
+        return self.user_map.to_index(user_ids)
+
+    def item_index(self, item_ids) -> np.ndarray:
+        """Dense item indices of original item ids."""
+        return self.item_map.to_index(item_ids)
+
+    # ----- execution
+    def _run(self, q, k, excl, threads):
+        threads = threads if threads is not None else self.threads
+        if self.backend == EXACT:
+            return K.search_topk(self._kernel(), q, k, exclude=excl, threads=threads)
+        return self._faiss_search(q, k, excl, threads)
+
+    def _faiss_search(self, q, k, excl, threads):
+        """faiss returns the nearest without exclusion: over-fetch ``k + max excluded``, filter, re-rank."""
+        import faiss
+
+        index = self._faiss_index()
+        if threads:
+            faiss.omp_set_num_threads(int(threads))
+        xq = self._faiss_queries(q)
+        nq = len(xq)
+        batch = 1024
+        out_items = np.full((nq, k), -1, np.int64)
+        out_scores = None
+        for lo in range(0, nq, batch):  # loop over query batches
+            hi = min(nq, lo + batch)
+            if excl is not None:
+                ptr, ind = excl
+                deg = np.diff(np.asarray(ptr[lo:hi + 1], dtype=np.int64))
+                kk = int(min(self.n_items, k + (deg.max() if len(deg) else 0)))
+            else:
+                kk = k
+            self._faiss_prepare_search(index, kk)
+            dist, ids = index.search(xq[lo:hi], kk)
+            ids = ids.astype(np.int64)
+            raw = self._faiss_scores(dist)
+            # deterministic order: score best first, then the lower item index
+            missing = ids < 0
+            if excl is not None:
+                sub_ptr, sub_ind = K.csr_rows(excl[0], excl[1], np.arange(lo, hi))
+                seen_key = np.repeat(np.arange(hi - lo), np.diff(sub_ptr)) * self.n_items + sub_ind
+                missing |= np.isin(np.arange(hi - lo)[:, None] * self.n_items + ids, seen_key)
+            order = np.lexsort((np.where(missing, self.n_items, ids), -raw.astype(np.float64), missing), axis=1)
+            ids = np.take_along_axis(ids, order, 1)[:, :k]
+            raw = np.take_along_axis(raw, order, 1)[:, :k]
+            missing = np.take_along_axis(missing, order, 1)[:, :k]
+            if out_scores is None:
+                out_scores = np.empty((nq, k), raw.dtype)
+            if raw.shape[1] < k:  # pragma: no cover - faiss always returns kk >= k columns
+                raise RetrievalError("faiss returned fewer results than requested")
+            out_items[lo:hi] = np.where(missing, -1, ids)
+            out_scores[lo:hi] = np.where(missing, self._pad_score(raw.dtype), raw)
+        if out_scores is None:
+            out_scores = np.empty((0, k), np.float32)
+        return out_items, out_scores
+
+    def _faiss_prepare_search(self, index, kk: int) -> None:
+        params = self.backend_params
+        if hasattr(index, "hnsw"):
+            index.hnsw.efSearch = max(int(params.get("efSearch", 128)), kk)
+        if hasattr(index, "nprobe"):
+            index.nprobe = int(params.get("nprobe", 16))
+
+    # ----- persistence
+    def save(self, path) -> dict:
+        """Write the index as an artifact (:mod:`hqgnn.index.artifact`); returns the export summary."""
+        indptr, indices = self.train if self.train is not None else (np.zeros(self.n_users + 1, np.int64),
+                                                                     np.zeros(0, np.int64))
+        return export_from_arrays(
+            path, model=self.model, bits=self.bits, user_codes=self._export_users(), item_codes=self._export_items(),
+            user_scale=getattr(self, "user_scale", 1.0), item_scale=getattr(self, "item_scale", 1.0),
+            user_ids=self.user_map.ids, item_ids=self.item_map.ids, train_csr=(indptr, indices),
+            data_fingerprint=self.data_fingerprint, extra_meta=self.extra)
+
+    @classmethod
+    def load(cls, path, mmap: bool = True, **kwargs):
+        """Open a saved index: same as :meth:`from_artifact`."""
+        return cls.from_artifact(path, mmap=mmap, **kwargs)
+
+    def memory_bytes(self) -> dict:
+        """Bytes of the stored codes (packed) per item and in all."""
+        raise NotImplementedError
+
+
+def _as_csr(m, n_rows: Optional[int], n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """A CSR-like (scipy matrix or ``(indptr, indices)``) as int64 ``(indptr, indices)``, validated."""
+    if hasattr(m, "tocsr"):
+        m = m.tocsr()
+        if m.shape[1] != n_cols:
+            raise RetrievalError(f"exclusion matrix has {m.shape[1]} columns, expected {n_cols} items")
+        indptr, indices = m.indptr, m.indices
+    else:
+        try:
+            indptr, indices = m
+        except (TypeError, ValueError):
+            raise RetrievalError(f"exclude must be a CSR matrix or an (indptr, indices) pair, got {type(m).__name__}") from None
+    indptr, indices = np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
+        raise RetrievalError("exclusion CSR is malformed (indptr must start at 0, rise, and end at len(indices))")
+    if n_rows is not None and len(indptr) != n_rows + 1:
+        raise RetrievalError(f"exclusion CSR has {len(indptr) - 1} rows, expected {n_rows}")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
+        raise RetrievalError(f"exclusion CSR holds item index outside 0 .. {n_cols - 1}")
+    return indptr, indices
+
+
+# ---------------------------------------------------------------- quantized
+class QuantizedIndex(_Index):
+    """Exact integer retrieval over b-bit codes (bits 1..8).
+
+    Scores are the integers ``<k_u, k_i>`` (odd levels ``k = 2c - (2^b - 1)``); the
+    model's score is ``(s_u s_i / 4) <k_u, k_i>`` (:meth:`dequantize`), so the ranking of
+    a user is the ranking of the dequantized float scores.
+
+    ``kernel`` (exact backend): ``"auto"`` (:data:`DEFAULT_KERNEL`), ``"bitplane"``
+    (XOR + popcount, integer-only), ``"gemm"`` (float-unit GEMM of exact small
+    integers), ``"int32-mm"`` (torch integer matmul).
+    """
+
+    def __init__(self, item_codes: np.ndarray, bits: int, *, user_codes: Optional[np.ndarray] = None,
+                 user_scale: float = 1.0, item_scale: float = 1.0, user_ids=None, item_ids=None, train=None,
+                 model: str = "", data_fingerprint: str = "", extra: Optional[dict] = None,
+                 backend: str = EXACT, backend_params: Optional[dict] = None, kernel: str = "auto",
+                 threads: Optional[int] = None, _planes: Optional[tuple] = None):
+        if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+            raise ConfigError(f"bits={bits!r}: a QuantizedIndex holds 1..8-bit codes (float32 -> FloatIndex)")
+        self.bits = int(bits)
+        if _planes is not None:  # from an artifact: packed planes (memory-mapped), dim given
+            self.item_planes, self.user_planes, dim = _planes
+            n_items = self.item_planes.shape[1]
+            n_users = 0 if self.user_planes is None else self.user_planes.shape[1]
+        else:
+            item_codes = check_codes(item_codes, bits)
+            n_items, dim = item_codes.shape
+            self.item_planes = pack_codes(item_codes, bits)
+            if user_codes is not None:
+                user_codes = check_codes(user_codes, bits)
+                if user_codes.shape[1] != dim:
+                    raise ValueError(f"user codes have dim {user_codes.shape[1]}, item codes {dim}")
+                self.user_planes = pack_codes(user_codes, bits)
+            else:
+                self.user_planes = None
+            n_users = 0 if user_codes is None else len(user_codes)
+        if self.user_planes is None and user_ids is not None:
+            n_users = len(user_ids)  # an item-only index that still knows its users' ids and history
+        if kernel not in QUANTIZED_KERNELS:
+            raise ConfigError(f"kernel={kernel!r} is unknown (choose from {', '.join(QUANTIZED_KERNELS)})")
+        self.kernel_name = DEFAULT_KERNEL[self.bits] if kernel == "auto" else kernel
+        self.user_scale, self.item_scale = float(user_scale), float(item_scale)
+        self._kernel_obj = None
+        self._codes_cache: dict = {}
+        super().__init__(n_users, n_items, dim, user_ids, item_ids, train, model, data_fingerprint, extra,
+                         backend, backend_params, threads)
+
+    # ----- constructors
+    @classmethod
+    def from_codes(cls, item_codes, bits: int, **kwargs) -> "QuantizedIndex":
+        """Build from ``(n_items, d)`` unsigned codes (and optional ``user_codes=``, scales, ids, ``train=``)."""
+        return cls(item_codes, bits, **kwargs)
+
+    @classmethod
+    def from_artifact(cls, path, bits: Optional[int] = None, mmap: bool = True, **kwargs) -> "QuantizedIndex":
+        """Open a quantized artifact (``bits``, when given, must match the stored bit width)."""
+        art = path if isinstance(path, Artifact) else read_artifact(path, mmap=mmap, bits=bits)
+        if art.is_float:
+            raise CheckpointError(f"{art.path}: artifact holds float32 embeddings; open it with FloatIndex")
+        if bits is not None and int(bits) != art.bits:
+            raise CheckpointError(f"{art.path}: artifact holds {art.bits}-bit codes, but bits={bits} was requested")
+        return cls(None, art.bits, user_scale=art.user_scale, item_scale=art.item_scale, user_ids=art.user_ids,
+                   item_ids=art.item_ids, train=(art.train_indptr, art.train_indices), model=art.model,
+                   data_fingerprint=art.data_fingerprint, extra=art.extra,
+                   _planes=(art.item_codes, art.user_codes, art.dim), **kwargs)
+
+    # ----- codes
+    def item_codes(self) -> np.ndarray:
+        """``(n_items, d)`` uint8 unsigned codes (unpacked once, cached)."""
+        if "items" not in self._codes_cache:
+            self._codes_cache["items"] = unpack_codes(self.item_planes, self.bits, self.dim)
+        return self._codes_cache["items"]
+
+    def user_codes(self) -> np.ndarray:
+        """``(n_users, d)`` uint8 unsigned codes (unpacked once, cached)."""
+        self._need_users()
+        if "users" not in self._codes_cache:
+            self._codes_cache["users"] = unpack_codes(self.user_planes, self.bits, self.dim)
+        return self._codes_cache["users"]
+
+    def _has_user_vectors(self) -> bool:
+        return self.user_planes is not None
+
+    def _need_users(self):
+        if self.user_planes is None:
+            raise RetrievalError("this index holds no user codes: search with query codes instead")
+
+    def dequantize(self, scores: np.ndarray, items_only: bool = False) -> np.ndarray:
+        """Model scores of raw integer scores: ``(s_u s_i / 4) <k_u, k_i>`` (``s_i^2 / 4`` for item-item)."""
+        scale = self._item_value_scale() if items_only else self._user_value_scale()
+        return np.asarray(scores, dtype=np.float64) * scale
+
+    def _user_value_scale(self) -> float:
+        return self.user_scale * self.item_scale / 4.0
+
+    def _item_value_scale(self) -> float:
+        return self.item_scale * self.item_scale / 4.0
+
+    # ----- kernels
+    def _backends(self) -> tuple:
+        return (EXACT,) + (FAISS_BACKENDS if self.bits == 1 else ())
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value in FAISS_BACKENDS and self.bits != 1:
+            raise ConfigError(f"backend={value!r} needs 1-bit codes (this index holds {self.bits}-bit codes); "
+                              f"use backend='exact'")
+        _Index.backend.fset(self, value)
+
+    def _kernel(self):
+        if self._kernel_obj is None:
+            if self.kernel_name == "bitplane":
+                self._kernel_obj = K.PlaneKernel(self.item_planes, self.bits, self.dim)
+            elif self.kernel_name == "gemm":
+                self._kernel_obj = K.CodeGemmKernel(self.item_codes(), self.bits)
+            else:
+                self._kernel_obj = K.IntMatmulKernel(self.item_codes(), self.bits)
+        return self._kernel_obj
+
+    def _uses_planes(self) -> bool:
+        return self.backend != EXACT or self.kernel_name == "bitplane"
+
+    def _count(self, q) -> int:
+        return q.shape[1] if self._uses_planes() else q.shape[0]
+
+    def _user_queries(self, rows):
+        self._need_users()
+        if self._uses_planes():
+            return np.ascontiguousarray(self.user_planes[:, rows])
+        return self.user_codes()[rows]
+
+    def _item_queries(self, rows):
+        if self._uses_planes():
+            return np.ascontiguousarray(self.item_planes[:, rows])
+        return self.item_codes()[rows]
+
+    def _query_vectors(self, queries):
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise RetrievalError(f"query codes must have shape (q, {self.dim}), got {q.shape}")
+        try:
+            q = check_codes(q, self.bits)
+        except ValueError as exc:
+            raise RetrievalError(f"query codes: {exc}") from None
+        return pack_codes(q, self.bits) if self._uses_planes() else q
+
+    # ----- faiss (1 bit): Hamming distance h -> score d - 2h
+    def _faiss_index(self):
+        if self._faiss is None:
+            import faiss
+
+            nbits = 64 * self.item_planes.shape[2]
+            xb = np.ascontiguousarray(self.item_planes[0]).view(np.uint8)
+            p = self.backend_params
+            if self.backend == "faiss-flat":
+                index = faiss.IndexBinaryFlat(nbits)
+            elif self.backend == "faiss-hnsw":
+                index = faiss.IndexBinaryHNSW(nbits, int(p.get("M", 32)))
+                index.hnsw.efConstruction = int(p.get("efConstruction", 64))
+            else:
+                # faiss wants >= 39 training points per list
+                nlist = int(p.get("nlist", max(1, min(4096, int(4 * np.sqrt(self.n_items)), self.n_items // 39))))
+                quantizer = faiss.IndexBinaryFlat(nbits)
+                index = faiss.IndexBinaryIVF(quantizer, nbits, nlist)
+                index.own_fields = True
+                quantizer.this.disown()
+                index.train(xb)
+            index.add(xb)
+            self._faiss = index
+        return self._faiss
+
+    def _faiss_queries(self, q):
+        return np.ascontiguousarray(q[0]).view(np.uint8)
+
+    def _faiss_scores(self, dist):
+        return (self.dim - 2 * dist.astype(np.int64)).astype(np.int32)
+
+    def _pad_score(self, dtype):
+        return np.iinfo(np.int32).min
+
+    # ----- persistence
+    def _export_users(self):
+        return None if self.user_planes is None else self.user_codes()
+
+    def _export_items(self):
+        return self.item_codes()
+
+    def memory_bytes(self) -> dict:
+        per_item = self.item_planes.shape[0] * self.item_planes.shape[2] * 8
+        return {"bytes_per_item": per_item, "item_code_bytes": per_item * self.n_items,
+                "float32_bytes_per_item": 4 * self.dim}
+
+    def __repr__(self) -> str:
+        return (f"QuantizedIndex(bits={self.bits}, dim={self.dim}, n_users={self.n_users}, n_items={self.n_items}, "
+                f"backend={self.backend!r}, kernel={self.kernel_name!r})")
+
+
+# ---------------------------------------------------------------- float
+class FloatIndex(_Index):
+    """Exact float32 inner-product retrieval: the full-precision reference with the same interface."""
+
+    bits = FLOAT_BITS
+
+    def __init__(self, item_emb: np.ndarray, *, user_emb: Optional[np.ndarray] = None, user_ids=None,
+                 item_ids=None, train=None, model: str = "", data_fingerprint: str = "",
+                 extra: Optional[dict] = None, backend: str = EXACT, backend_params: Optional[dict] = None,
+                 threads: Optional[int] = None):
+        self.item_emb = np.asarray(item_emb, dtype=np.float32)
+        if self.item_emb.ndim != 2:
+            raise ValueError(f"item embeddings must be (n, d), got shape {self.item_emb.shape}")
+        n_items, dim = self.item_emb.shape
+        self.user_emb = None if user_emb is None else np.asarray(user_emb, dtype=np.float32)
+        if self.user_emb is not None and (self.user_emb.ndim != 2 or self.user_emb.shape[1] != dim):
+            raise ValueError(f"user embeddings must be (n, {dim}), got shape {self.user_emb.shape}")
+        n_users = len(self.user_emb) if self.user_emb is not None else (len(user_ids) if user_ids is not None else 0)
+        self._kernel_obj = None
+        super().__init__(n_users, n_items, dim, user_ids, item_ids, train, model, data_fingerprint, extra,
+                         backend, backend_params, threads)
+
+    @classmethod
+    def from_embeddings(cls, item_emb, **kwargs) -> "FloatIndex":
+        """Build from ``(n_items, d)`` float embeddings (and optional ``user_emb=``, ids, ``train=``)."""
+        return cls(item_emb, **kwargs)
+
+    from_codes = from_embeddings  # same constructor name as QuantizedIndex
+
+    @classmethod
+    def from_artifact(cls, path, mmap: bool = True, bits: Optional[int] = None, **kwargs) -> "FloatIndex":
+        """Open a float32 artifact (``bits`` must be 32 or None)."""
+        art = path if isinstance(path, Artifact) else read_artifact(path, mmap=mmap, bits=bits)
+        if not art.is_float:
+            raise CheckpointError(f"{art.path}: artifact holds {art.bits}-bit codes; open it with QuantizedIndex")
+        return cls(art.item_codes, user_emb=art.user_codes, user_ids=art.user_ids, item_ids=art.item_ids,
+                   train=(art.train_indptr, art.train_indices), model=art.model,
+                   data_fingerprint=art.data_fingerprint, extra=art.extra, **kwargs)
+
+    def _backends(self) -> tuple:
+        return (EXACT, "faiss-flat")
+
+    def _has_user_vectors(self) -> bool:
+        return self.user_emb is not None
+
+    def _kernel(self):
+        if self._kernel_obj is None:
+            self._kernel_obj = K.GemmKernel(self.item_emb)
+        return self._kernel_obj
+
+    def _count(self, q) -> int:
+        return q.shape[0]
+
+    def _user_queries(self, rows):
+        if self.user_emb is None:
+            raise RetrievalError("this index holds no user embeddings: search with query vectors instead")
+        return self.user_emb[rows]
+
+    def _item_queries(self, rows):
+        return self.item_emb[rows]
+
+    def _query_vectors(self, queries):
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise RetrievalError(f"query vectors must have shape (q, {self.dim}), got {q.shape}")
+        return q
+
+    def _user_value_scale(self) -> float:
+        return 1.0
+
+    def _item_value_scale(self) -> float:
+        return 1.0
+
+    def _faiss_index(self):
+        if self._faiss is None:
+            import faiss
+
+            index = faiss.IndexFlatIP(self.dim)
+            index.add(np.ascontiguousarray(self.item_emb))
+            self._faiss = index
+        return self._faiss
+
+    def _faiss_queries(self, q):
+        return np.ascontiguousarray(q, dtype=np.float32)
+
+    def _faiss_scores(self, dist):
+        return dist.astype(np.float32)
+
+    def _pad_score(self, dtype):
+        return -np.inf
+
+    def _export_users(self):
+        return self.user_emb
+
+    def _export_items(self):
+        return self.item_emb
+
+    def memory_bytes(self) -> dict:
+        return {"bytes_per_item": 4 * self.dim, "item_code_bytes": 4 * self.dim * self.n_items,
+                "float32_bytes_per_item": 4 * self.dim}
+
+    def __repr__(self) -> str:
+        return f"FloatIndex(dim={self.dim}, n_users={self.n_users}, n_items={self.n_items}, backend={self.backend!r})"
+
+
+def open_index(path, mmap: bool = True, **kwargs):
+    """Open any artifact as the matching index class (:class:`QuantizedIndex` or :class:`FloatIndex`)."""
+    art = read_artifact(path, mmap=mmap, bits=kwargs.pop("bits", None))
+    return (FloatIndex if art.is_float else QuantizedIndex).from_artifact(art, **kwargs)
