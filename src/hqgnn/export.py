@@ -58,11 +58,15 @@ class ArtifactRecommender:
     """
 
     def __init__(self, path, backend: str = "exact"):
-        from .index.engine import load_index
+        from .index.artifact import read_artifact
+        from .index.engine import FloatIndex, QuantizedIndex
 
         self.path = Path(path)
-        self.index = load_index(self.path, backend=backend)
-        self.artifact = self.index.artifact
+        self.artifact = read_artifact(self.path, mmap=True)  # checks magic, version, sizes, sha256
+        cls = FloatIndex if self.artifact.is_float else QuantizedIndex
+        self.index = cls.from_artifact(self.artifact, backend=backend)
+        self._popular_order: Optional[np.ndarray] = None
+        self._popular_counts: Optional[np.ndarray] = None
         self._lock = threading.Lock()
 
     # -- ids
@@ -75,34 +79,45 @@ class ArtifactRecommender:
         return self.index.n_items
 
     def info(self) -> dict:
-        return self.index.info()
+        art = self.artifact
+        return {"path": str(self.path), "model": art.model, "bits": art.bits, "dim": art.dim,
+                "n_users": self.n_users, "n_items": self.n_items, "file_bytes": art.file_size(),
+                "format_version": art.format_version, "data_fingerprint": art.data_fingerprint,
+                "index": repr(self.index), **self.index.memory_bytes()}
 
     def check_k(self, k: int) -> int:
-        if not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self.n_items:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self.n_items:
             raise HQGNNError(f"k={k!r} is out of range: expected 1 .. {self.n_items}")
         return int(k)
 
     def recommend(self, users: Sequence, k: int = 50, exclude_seen: bool = True) -> list[dict]:
-        """Top-k per original user id: ``[{"user", "items", "scores"}, ...]``."""
+        """Top-k per original user id: ``[{"user", "items", "scores"}, ...]`` (scores: the model's, dequantized)."""
         k = self.check_k(k)
-        idx = self.index.user_index(users)
-        items, scores = self.index.search(idx, k, exclude_seen=exclude_seen)
-        item_ids = self.index.item_ids_of(items)
-        return [{"user": _py(u), "items": [_py(x) for x in it], "scores": [_py(s) for s in sc]}
-                for u, it, sc in zip(users, item_ids, scores)]
+        recs = self.index.recommend(list(users), k=k, exclude_seen=exclude_seen)
+        # echo each user in the artifact's own id type ("42" from a command line is 42)
+        canonical = self.index.user_map.to_ids(self.index.user_index(list(users)))
+        return [{"user": _py(u), "items": r["items"], "scores": r["values"]}
+                for u, r in zip(canonical, recs.to_records())]
 
     def similar(self, item, k: int = 20) -> dict:
         k = self.check_k(min(k, self.n_items - 1) if k == self.n_items else k)
-        idx = self.index.item_index([item])
-        items, scores = self.index.similar(idx, k)
-        return {"item": _py(item), "items": [_py(x) for x in self.index.item_ids_of(items)[0]],
-                "scores": [_py(s) for s in scores[0]]}
+        r = self.index.similar_items([item], k=k).to_records()[0]
+        canonical = self.index.item_map.to_ids(self.index.item_index([item]))[0]
+        return {"item": _py(canonical), "items": r["items"], "scores": r["values"]}
 
     def popular(self, k: int) -> dict:
+        """The ``k`` items with the most training interactions (ties: lower item index), for cold users."""
         k = self.check_k(k)
-        items, counts = self.index.popular(k)
-        return {"items": [_py(x) for x in self.index.item_ids_of(items[None])[0]], "scores": [_py(c) for c in counts],
-                "fallback": "popular"}
+        if self._popular_order is None:
+            with self._lock:
+                if self._popular_order is None:
+                    counts = np.bincount(np.asarray(self.artifact.train_indices, dtype=np.int64),
+                                         minlength=self.n_items)
+                    self._popular_counts = counts
+                    self._popular_order = np.lexsort((np.arange(self.n_items), -counts))
+        top = self._popular_order[:k]
+        return {"items": [_py(x) for x in self.index.item_map.to_ids(top)],
+                "scores": [float(c) for c in self._popular_counts[top]], "fallback": "popular"}
 
 
 def _py(x):

@@ -276,10 +276,13 @@ def export_from_arrays(path, *, model: str, bits: int, user_codes: Optional[np.n
         m = train_csr.tocsr()
         if m.shape != (n_users, n_items):
             raise ValueError(f"train_csr has shape {m.shape}, expected ({n_users}, {n_items})")
-        m.sort_indices()
+        if not m.has_sorted_indices:
+            m = m.sorted_indices()  # a sorted copy: the caller's matrix is left as it is
         indptr, indices = m.indptr, m.indices
     else:
         indptr, indices = (np.asarray(a) for a in train_csr)
+    if len(indices) and (np.min(indices) < 0 or np.max(indices) >= n_items):
+        raise ValueError(f"train_csr holds item indices outside 0 .. {n_items - 1}")
     uids = _id_array(user_ids, n_users, "user_ids")
     iids = _id_array(item_ids, n_items, "item_ids")
     out = write_artifact(path, model=model, bits=bits, dim=dim, user_codes=packed_users, item_codes=packed_items,
@@ -318,7 +321,8 @@ def _read_preamble(path: Path):
         if version < 1:
             raise CheckpointError(f"{path}: corrupt artifact (format version {version})")
         if PREAMBLE.size + header_len > size:
-            raise CheckpointError(f"{path}: truncated artifact ({size} bytes, header needs {PREAMBLE.size + header_len})")
+            raise CheckpointError(f"{path}: truncated artifact ({size} bytes, the header needs "
+                                  f"{PREAMBLE.size + header_len})")
         header = fh.read(header_len)
     try:
         meta = json.loads(header.decode("utf-8"))
@@ -399,6 +403,7 @@ def _check_consistent(art: Artifact) -> None:
     if art.user_codes is not None:
         expect_u = ((art.n_users, art.dim) if art.is_float else (art.bits, art.n_users, words_per_row(art.dim)))
         if art.user_codes.shape != expect_u:
-            raise CheckpointError(f"{p}: corrupt artifact (user_codes shape {art.user_codes.shape}, expected {expect_u})")
+            raise CheckpointError(f"{p}: corrupt artifact (user_codes shape {art.user_codes.shape}, "
+                                  f"expected {expect_u})")
     if len(art.train_indptr) != art.n_users + 1 or int(art.train_indptr[-1]) != len(art.train_indices):
         raise CheckpointError(f"{p}: corrupt artifact (training CSR does not match {art.n_users} users)")

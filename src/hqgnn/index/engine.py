@@ -19,7 +19,6 @@ with fewer than ``k`` eligible items padded with item ``-1``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -29,6 +28,7 @@ from . import kernels as K
 from .artifact import FLOAT_BITS, Artifact, export_from_arrays, read_artifact
 from .errors import RetrievalError
 from .packing import check_codes, pack_codes, unpack_codes
+from .select import csr_rows
 
 EXACT = "exact"
 FAISS_BACKENDS = ("faiss-flat", "faiss-hnsw", "faiss-ivf")
@@ -228,7 +228,7 @@ class _Index:
             indptr, indices = _as_csr(exclude, None, self.n_items)
         n_rows = len(indptr) - 1
         if rows is not None and n_rows == self.n_users:
-            return K.csr_rows(indptr, indices, rows)  # one row per user: take the queried users' rows
+            return csr_rows(indptr, indices, rows)  # one row per user: take the queried users' rows
         if n_rows != n_queries:
             raise RetrievalError(f"exclusion matrix has {n_rows} rows; expected one per query ({n_queries})"
                                  + (f" or one per user ({self.n_users})" if rows is not None else ""))
@@ -306,7 +306,12 @@ class _Index:
         return self._faiss_search(q, k, excl, threads)
 
     def _faiss_search(self, q, k, excl, threads):
-        """faiss returns the nearest without exclusion: over-fetch ``k + max excluded``, filter, re-rank."""
+        """faiss knows no exclusion: over-fetch ``k + (excluded count)``, drop excluded items, re-rank.
+
+        Queries are batched in order of their excluded count, so each batch over-fetches
+        about what its own queries need; results are re-sorted by (score, item index) so
+        the tie order matches the exact backend.
+        """
         import faiss
 
         index = self._faiss_index()
@@ -314,39 +319,30 @@ class _Index:
             faiss.omp_set_num_threads(int(threads))
         xq = self._faiss_queries(q)
         nq = len(xq)
-        batch = 1024
+        if excl is not None:
+            deg = np.diff(np.asarray(excl[0], dtype=np.int64))
+            order = np.argsort(deg, kind="stable")
+        else:
+            deg, order = np.zeros(nq, np.int64), np.arange(nq)
         out_items = np.full((nq, k), -1, np.int64)
-        out_scores = None
+        out_scores = np.full((nq, k), self._pad_score(None))
+        batch = 1024
         for lo in range(0, nq, batch):  # loop over query batches
-            hi = min(nq, lo + batch)
-            if excl is not None:
-                ptr, ind = excl
-                deg = np.diff(np.asarray(ptr[lo:hi + 1], dtype=np.int64))
-                kk = int(min(self.n_items, k + (deg.max() if len(deg) else 0)))
-            else:
-                kk = k
+            rows = order[lo:lo + batch]
+            kk = int(min(self.n_items, k + deg[rows].max()))
             self._faiss_prepare_search(index, kk)
-            dist, ids = index.search(xq[lo:hi], kk)
+            dist, ids = index.search(np.ascontiguousarray(xq[rows]), kk)
             ids = ids.astype(np.int64)
             raw = self._faiss_scores(dist)
-            # deterministic order: score best first, then the lower item index
-            missing = ids < 0
+            drop = ids < 0
             if excl is not None:
-                sub_ptr, sub_ind = K.csr_rows(excl[0], excl[1], np.arange(lo, hi))
-                seen_key = np.repeat(np.arange(hi - lo), np.diff(sub_ptr)) * self.n_items + sub_ind
-                missing |= np.isin(np.arange(hi - lo)[:, None] * self.n_items + ids, seen_key)
-            order = np.lexsort((np.where(missing, self.n_items, ids), -raw.astype(np.float64), missing), axis=1)
-            ids = np.take_along_axis(ids, order, 1)[:, :k]
-            raw = np.take_along_axis(raw, order, 1)[:, :k]
-            missing = np.take_along_axis(missing, order, 1)[:, :k]
-            if out_scores is None:
-                out_scores = np.empty((nq, k), raw.dtype)
-            if raw.shape[1] < k:  # pragma: no cover - faiss always returns kk >= k columns
-                raise RetrievalError("faiss returned fewer results than requested")
-            out_items[lo:hi] = np.where(missing, -1, ids)
-            out_scores[lo:hi] = np.where(missing, self._pad_score(raw.dtype), raw)
-        if out_scores is None:
-            out_scores = np.empty((0, k), np.float32)
+                sub_ptr, sub_ind = csr_rows(excl[0], excl[1], rows)
+                seen_key = np.repeat(np.arange(len(rows)), np.diff(sub_ptr)) * self.n_items + sub_ind
+                drop |= np.isin(np.arange(len(rows))[:, None] * self.n_items + ids, seen_key)
+            rank = np.lexsort((np.where(drop, self.n_items, ids), -raw.astype(np.float64), drop), axis=1)[:, :k]
+            ids, raw, drop = (np.take_along_axis(a, rank, 1) for a in (ids, raw, drop))
+            out_items[rows, : ids.shape[1]] = np.where(drop, -1, ids)
+            out_scores[rows, : ids.shape[1]] = np.where(drop, self._pad_score(None), raw)
         return out_items, out_scores
 
     def _faiss_prepare_search(self, index, kk: int) -> None:
@@ -388,9 +384,11 @@ def _as_csr(m, n_rows: Optional[int], n_cols: int) -> tuple[np.ndarray, np.ndarr
         try:
             indptr, indices = m
         except (TypeError, ValueError):
-            raise RetrievalError(f"exclude must be a CSR matrix or an (indptr, indices) pair, got {type(m).__name__}") from None
+            raise RetrievalError("exclude must be a CSR matrix or an (indptr, indices) pair, "
+                                 f"got {type(m).__name__}") from None
     indptr, indices = np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
-    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
+    if (indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(indices)
+            or np.any(np.diff(indptr) < 0)):
         raise RetrievalError("exclusion CSR is malformed (indptr must start at 0, rise, and end at len(indices))")
     if n_rows is not None and len(indptr) != n_rows + 1:
         raise RetrievalError(f"exclusion CSR has {len(indptr) - 1} rows, expected {n_rows}")
@@ -584,7 +582,7 @@ class QuantizedIndex(_Index):
         return (self.dim - 2 * dist.astype(np.int64)).astype(np.int32)
 
     def _pad_score(self, dtype):
-        return np.iinfo(np.int32).min
+        return np.int32(np.iinfo(np.int32).min)
 
     # ----- persistence
     def _export_users(self):
@@ -694,7 +692,7 @@ class FloatIndex(_Index):
         return dist.astype(np.float32)
 
     def _pad_score(self, dtype):
-        return -np.inf
+        return np.float32(-np.inf)
 
     def _export_users(self):
         return self.user_emb

@@ -1,43 +1,43 @@
-"""Exact scoring kernels and exact top-K selection for quantized (and float) retrieval.
+"""Exact scoring kernels and the exact top-K search driver (quantized codes and float).
 
 Scores. For b-bit codes with odd levels ``k`` (``m = 2^b - 1``, ``d`` dimensions), the
-score of a (user, item) pair is ``(s_u s_i / 4) <k_u, k_i>``; every kernel here returns
-the *integer* ``<k_u, k_i>`` (float kernels: the float inner product). Three ways:
+score of a (user, item) pair is ``(s_u s_i / 4) <k_u, k_i>``; the code kernels return
+the *integer* ``<k_u, k_i>`` (int32), the float kernel the float32 inner product.
 
-* :class:`PlaneKernel` -- bit planes, XOR + popcount (integer-only). Writing
-  ``k = sum_j 2^j s_j`` with ``s_j = 2 c^(j) - 1`` in {-1, +1} (``c^(j)`` bit ``j`` of the code),
+* :class:`PlaneKernel` -- bit planes, XOR + popcount: integer-only. Writing
+  ``k = sum_j 2^j s_j`` with ``s_j = 2 c^(j) - 1`` in {-1, +1} (``c^(j)``: bit ``j`` of the code),
 
       <k_u, k_i> = d m^2 - 2 C,   C = sum_{j,l} 2^(j+l) popcount(u_j XOR i_l),
 
-  so ranking by the score is ranking by the integer cost ``C`` (lower first). For
-  ``b = 1`` this is ``d - 2 Hamming(u, i)``. ``b^2`` popcount passes per 64 dimensions;
-  ``np.bitwise_count`` (numpy >= 2) on uint64 words, zero padding adds nothing.
-* :class:`GemmKernel` -- a float32 matrix product of the levels ``k`` (BLAS sgemm).
-  Every product and partial sum is an integer of magnitude ``<= d m^2``; below 2^24
-  float32 represents them exactly and the result equals the integer inner product
-  bit for bit. This is *exact integer arithmetic carried out by the float unit*, not
-  integer-only hardware; ``d m^2 >= 2^24`` (e.g. b = 8, d > 258) switches to float64
-  (exact below 2^53). Also the float32 kernel of :class:`~hqgnn.index.engine.FloatIndex`.
-* :class:`IntMatmulKernel` -- ``torch.mm`` on int32 levels: integer-only arithmetic
-  (no float anywhere), exact while ``d m^2 < 2^31``. Slower than sgemm on CPUs without
-  int8 dot-product instructions; kept as the honest integer-only GEMM.
+  so a user's items rank by the integer cost ``C`` (lower first). For ``b = 1`` this is
+  ``d - 2 Hamming(u, i)``: one XOR and one popcount per 64 dimensions
+  (``np.bitwise_count`` on uint64 words); ``b^2`` of them for ``b`` bits. Zero padding
+  adds nothing.
+* :class:`CodeGemmKernel` -- BLAS sgemm of the levels ``k`` (items kept as uint8 codes,
+  widened to float a chunk at a time). Every product and partial sum is an integer of
+  magnitude ``<= d m^2``; float32 represents those exactly below 2^24, so the result is
+  the integer inner product bit for bit (float64 beyond: b = 8 with d > 258). Honest
+  label: *exact integer arithmetic executed by the float unit*, not integer-only.
+* :class:`IntMatmulKernel` -- ``torch.mm`` on int32 levels: integer-only (no float at
+  all), exact while ``d m^2 < 2^31``; slower than sgemm on CPUs without int8 dot-product
+  instructions, kept as the honest integer GEMM.
+* :class:`GemmKernel` -- float32 embeddings, sgemm: the kernel of ``FloatIndex``.
 
-Selection (:func:`select_topk`): exact top-K per row with excluded (seen) items removed
-and ties broken by the lower item index; vectorised over a block of rows. A per-row
-threshold is read off a strided sample of the row, every entry at or above it is
-gathered (``flatnonzero``), and the few candidates are sorted; a row whose sample
-threshold let fewer than K candidates through is redone with its exact K-th value, so
-the result never depends on the sample.
-
-Driver (:func:`search_topk`): rows (users) are processed in blocks, items in chunks that
-keep the kernel's temporaries in cache; blocks run on a thread pool (numpy and BLAS
-release the GIL), so both cores of a 2-core machine work. Python loops only run over
-blocks, item chunks and bit planes, never over users or items.
+Driver (:func:`search_topk`): queries run in blocks on a thread pool (numpy ufuncs and
+BLAS release the GIL; each worker's BLAS is held to one thread, so the pool owns the
+cores). Per block: (1) a per-query threshold from a 1-in-16 sample of the items, seen
+items masked; (2) the items are scored chunk by chunk (cache-sized), seen items get the
+sentinel, and only entries at or past the threshold are kept (``flatnonzero``); (3) the
+few survivors are ranked by one sort of packed (query, score, item) keys -- best first,
+ties to the lower item index; (4) a query that kept fewer than ``k`` survivors (rare) is
+rescored in full and selected exactly, so the result never depends on the sample.
+Python loops run over blocks, item chunks and bit planes only, never users or items.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,164 +45,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .packing import WORD_BITS
+from .select import (SAMPLE_STRIDE, clamp_threshold, csr_rows, excluded_pairs, passing,  # noqa: F401
+                     rank_candidates, sample_thresholds, select_topk, sentinel)
 
-#: Sampling stride of the per-row threshold estimate in :func:`select_topk`.
-SAMPLE_STRIDE = 16
-
-
-# ---------------------------------------------------------------- selection
-def _sentinel(dtype: np.dtype, largest: bool):
-    """The value written over excluded entries: the worst value of ``dtype``."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return -np.inf if largest else np.inf
-    info = np.iinfo(dtype)
-    return info.min if largest else info.max
-
-
-def _clamp_threshold(t: np.ndarray, dtype, largest: bool) -> np.ndarray:
-    """Move thresholds strictly past the sentinel, so that excluded entries never pass."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        edge = np.nextafter(dtype.type(_sentinel(dtype, largest)), dtype.type(0))
-    else:
-        edge = _sentinel(dtype, largest) + (1 if largest else -1)
-    return np.maximum(t, edge) if largest else np.minimum(t, edge)
-
-
-def _exact_thresholds(S: np.ndarray, k: int, largest: bool) -> np.ndarray:
-    """The K-th best value of every row of ``S`` (``k <= S.shape[1]``)."""
-    n = S.shape[1]
-    if largest:
-        return np.partition(S, n - k, axis=1)[:, n - k]
-    return np.partition(S, k - 1, axis=1)[:, k - 1]
-
-
-def _sample_thresholds(S: np.ndarray, k: int, largest: bool, stride: int) -> np.ndarray:
-    """A per-row threshold that about ``k`` + margin entries of the row pass (from every ``stride``-th entry)."""
-    sample = np.ascontiguousarray(S[:, ::stride])
-    R, ns = sample.shape
-    expect = k / stride
-    kk = min(ns, int(math.ceil(expect + 2.0 * math.sqrt(expect) + 2)))
-    if sample.dtype == np.uint8 and not largest:
-        # small-range integer costs: per-row histogram of the sample, then the kk-th smallest
-        key = sample + (np.arange(R, dtype=np.int64) * 256)[:, None]
-        hist = np.bincount(key.reshape(-1), minlength=R * 256).reshape(R, 256)
-        return np.argmax(np.cumsum(hist, axis=1) >= kk, axis=1).astype(np.uint8)
-    return _exact_thresholds(sample, kk, largest)
-
-
-def _sortable_bits(vals: np.ndarray, largest: bool) -> tuple[np.ndarray, int]:
-    """Map values to non-negative int64 ranks-preserving keys (smaller key = better) and their bit width."""
-    if vals.dtype.kind == "f":
-        v = vals.astype(np.float32) + np.float32(0.0)  # -0.0 -> +0.0; exact: float kernels produce float32 (or int-valued float64 < 2^53)
-        if vals.dtype != np.float32 and not np.array_equal(v.astype(vals.dtype), vals):
-            return None, 0
-        u = v.view(np.uint32).astype(np.int64)
-        # IEEE order trick: flip all bits of negatives, the sign bit of non-negatives -> ascending uint32
-        u = np.where(u & 0x80000000, u ^ 0xFFFFFFFF, u | 0x80000000)
-        if largest:
-            u = 0xFFFFFFFF - u
-        return u, 32
-    v = vals.astype(np.int64)
-    if largest:
-        v = -v
-    if len(v) == 0:
-        return v, 1
-    v = v - v.min()
-    return v, max(1, int(v.max()).bit_length())
-
-
-def _sort_candidates(rows, cols, vals, R: int, N: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates sorted by (row, value best first, column); returns their ``(cols, vals)``.
-
-    One int64 ``np.sort`` of packed ``(row, value rank, column)`` keys when they fit in 63
-    bits (always for integer kernels and float32 scores at the block sizes used here),
-    else a ``lexsort``.
-    """
-    key, vbits = _sortable_bits(vals, largest)
-    rbits, cbits = max(1, (R - 1).bit_length()), max(1, (N - 1).bit_length())
-    if key is not None and rbits + vbits + cbits <= 63:
-        packed = np.sort((((rows << vbits) | key) << cbits) | cols)
-        cols_s = packed & ((1 << cbits) - 1)
-        rows_s = packed >> (vbits + cbits)
-        return cols_s, rows_s
-    alt = -vals.astype(np.float64) if largest else vals
-    order = np.lexsort((cols, alt, rows))
-    return cols[order], rows[order]
-
-
-def select_topk(S: np.ndarray, k: int, largest: bool, sample_stride: int = SAMPLE_STRIDE
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` of every row of ``S``, best first, ties to the lower column.
-
-    ``S`` is a C-contiguous ``(R, N)`` array of scores (``largest=True``) or costs
-    (``largest=False``); entries equal to the dtype's worst value (``-inf`` / ``+inf``,
-    the integer min / max) are excluded. Returns ``(cols, vals)``, each ``(R, k)``; a
-    row with fewer than ``k`` eligible entries is padded with column ``-1`` and the
-    sentinel value.
-    """
-    R, N = S.shape
-    sentinel = _sentinel(S.dtype, largest)
-    if R == 0:
-        return np.zeros((0, k), np.int64), np.zeros((0, k), S.dtype)
-    if not S.flags.c_contiguous:
-        S = np.ascontiguousarray(S)
-    k_eff = min(k, N)
-    if N >= 4 * sample_stride * max(k_eff, 8):
-        t = _sample_thresholds(S, k_eff, largest, sample_stride)
-    else:
-        t = _exact_thresholds(S, k_eff, largest)
-    t = _clamp_threshold(t, S.dtype, largest)
-    mask = (S >= t[:, None]) if largest else (S <= t[:, None])
-    flat = np.flatnonzero(mask)
-    counts = np.bincount(flat // N, minlength=R)
-    short = np.flatnonzero(counts < k_eff)
-    if len(short):
-        # redo these rows with their exact K-th value (rare: the sample under-estimated them,
-        # or the row has fewer than k eligible entries)
-        keep = ~np.isin(flat // N, short)
-        sub = S[short]
-        ts = _clamp_threshold(_exact_thresholds(sub, k_eff, largest), S.dtype, largest)
-        sub_mask = (sub >= ts[:, None]) if largest else (sub <= ts[:, None])
-        sub_rows, sub_cols = np.divmod(np.flatnonzero(sub_mask), N)
-        flat = np.concatenate([flat[keep], short[sub_rows] * N + sub_cols])
-        counts[short] = np.bincount(sub_rows, minlength=len(short))
-    if len(flat) == 0:  # no eligible entry in any row
-        return np.full((R, k), -1, np.int64), np.full((R, k), sentinel, S.dtype)
-    rows, cols = np.divmod(flat, N)
-    cols, rows = _sort_candidates(rows, cols, S.reshape(-1)[flat], R, N, largest)
-    starts = np.zeros(R, np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    valid = np.arange(k)[None, :] < counts[:, None]
-    pos = np.where(valid, starts[:, None] + np.arange(k), 0)
-    out_cols = np.where(valid, cols[pos], -1)
-    out_vals = np.where(valid, S[np.arange(R)[:, None], np.maximum(out_cols, 0)], sentinel).astype(S.dtype, copy=False)
-    return out_cols, out_vals
-
-
-# ---------------------------------------------------------------- exclusion
-def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The sub-CSR ``(indptr, indices)`` of the given rows (vectorised gather)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    starts = np.asarray(indptr, dtype=np.int64)[rows]
-    lens = np.asarray(indptr, dtype=np.int64)[rows + 1] - starts
-    sub_ptr = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lens, out=sub_ptr[1:])
-    gather = np.repeat(starts - sub_ptr[:-1], lens) + np.arange(sub_ptr[-1])
-    return sub_ptr, np.asarray(indices)[gather]
-
-
-def _mask_excluded(S: np.ndarray, indptr: np.ndarray, indices: np.ndarray, lo: int, hi: int, sentinel) -> None:
-    """Write ``sentinel`` over the excluded items of rows ``lo .. hi-1`` (a CSR over the queries)."""
-    a, b = int(indptr[lo]), int(indptr[hi])
-    if a == b:
-        return
-    lens = np.diff(np.asarray(indptr[lo:hi + 1], dtype=np.int64))
-    rows = np.repeat(np.arange(hi - lo), lens)
-    cols = np.asarray(indices[a:b], dtype=np.int64)
-    S[rows, cols] = sentinel
+#: Upper bound of one block's (rows x items) score matrix, per worker thread.
+SCORE_BUFFER_BYTES = 256 << 20
 
 
 # ---------------------------------------------------------------- kernels
@@ -226,6 +73,7 @@ class PlaneKernel:
     largest = False
     row_block = 64       # users per block
     item_chunk = 4096    # items per chunk: (64 x 4096) uint64 temporaries stay in L2/L3
+    sample_stride = 16
     name = "bitplane"
 
     def __init__(self, items: np.ndarray, bits: int, dim: int):
@@ -246,6 +94,14 @@ class PlaneKernel:
 
     def n_queries(self, q: np.ndarray) -> int:
         return q.shape[1]
+
+    def take(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The prepared queries of the given rows."""
+        return np.ascontiguousarray(q[:, rows])
+
+    def subset(self, idx: np.ndarray) -> "PlaneKernel":
+        """The same kernel over the items ``idx`` (for threshold sampling)."""
+        return PlaneKernel(self.items[:, idx], self.bits, self.dim)
 
     def fill(self, q: np.ndarray, lo: int, hi: int, out: np.ndarray, ilo: int, ihi: int, tmp: dict) -> None:
         """Costs of queries ``lo .. hi-1`` against items ``ilo .. ihi-1`` into ``out`` (R x C)."""
@@ -277,7 +133,7 @@ class PlaneKernel:
     def to_scores(self, costs: np.ndarray) -> np.ndarray:
         """``<k_u, k_i> = d m^2 - 2 C`` as int32 (sentinel costs map to the int32 minimum)."""
         out = self.max_score - 2 * costs.astype(np.int64)
-        out[costs == _sentinel(costs.dtype, False)] = np.iinfo(np.int32).min
+        out[costs == sentinel(costs.dtype, False)] = np.iinfo(np.int32).min
         return out.astype(np.int32)
 
 
@@ -290,7 +146,7 @@ class GemmKernel:
 
     largest = True
     row_block = 256
-    item_chunk = 1 << 30    # one sgemm per row block: small products are inefficient
+    item_chunk = 8192    # (256 x 8192) float32 scores per sgemm: large enough for BLAS, cache-friendly
     name = "sgemm"
 
     def __init__(self, items: np.ndarray):
@@ -303,6 +159,12 @@ class GemmKernel:
 
     def n_queries(self, q: np.ndarray) -> int:
         return q.shape[0]
+
+    def take(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return q[rows]
+
+    def subset(self, idx: np.ndarray) -> "GemmKernel":
+        return GemmKernel(self.items_t[:, idx].T)
 
     def fill(self, q, lo, hi, out, ilo, ihi, tmp) -> None:
         np.matmul(q[lo:hi], self.items_t[:, ilo:ihi], out=out)
@@ -348,8 +210,14 @@ class CodeGemmKernel:
     def n_queries(self, q: np.ndarray) -> int:
         return q.shape[0]
 
+    def take(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return q[rows]
+
+    def subset(self, idx: np.ndarray) -> "CodeGemmKernel":
+        return CodeGemmKernel(self.codes[idx], self.bits)
+
     def fill(self, q, lo, hi, out, ilo, ihi, tmp) -> None:
-        key = ("levels", ilo, ihi)
+        key = (id(self), ilo, ihi)
         if tmp.get("chunk_key") != key:
             lv = _scratch(tmp, "levels", ihi - ilo, self.dim, self.dtype)
             np.copyto(lv, self.codes[ilo:ihi], casting="unsafe")
@@ -393,6 +261,16 @@ class IntMatmulKernel:
     def n_queries(self, q: np.ndarray) -> int:
         return q.shape[0]
 
+    def take(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return q[rows]
+
+    def subset(self, idx: np.ndarray) -> "IntMatmulKernel":
+        sub = IntMatmulKernel.__new__(IntMatmulKernel)
+        sub.__dict__.update(self.__dict__)
+        sub.items_t = self.items_t[:, self._torch.from_numpy(np.asarray(idx))].contiguous()
+        sub.n_items = sub.items_t.shape[1]
+        return sub
+
     def fill(self, q, lo, hi, out, ilo, ihi, tmp) -> None:
         t = self._torch
         t.mm(t.from_numpy(q[lo:hi]), self.items_t[:, ilo:ihi], out=t.from_numpy(out))
@@ -411,65 +289,195 @@ def default_threads() -> int:
     return max(1, min(16, n))
 
 
+@functools.lru_cache(maxsize=1)
+def _openblas_set_threads_local():
+    """``openblas_set_num_threads_local`` of the OpenBLAS that numpy uses, or None.
+
+    It sets the BLAS thread count of the calling thread only (OpenBLAS >= 0.3.27): the
+    search pool already runs one block per core, so each worker's sgemm must not spawn
+    (and spin) more BLAS threads on the same cores.
+    """
+    import ctypes
+    import glob
+
+    libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs_dir, "*openblas*"))):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+        return fn
+    return None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Limit BLAS to ``n`` threads in the calling thread for the duration (no-op when unsupported)."""
+    fn = _openblas_set_threads_local()
+    previous = fn(n) if fn is not None else None
+    try:
+        yield
+    finally:
+        if fn is not None and previous is not None and previous > 0:
+            fn(previous)
+
+
+def _worker_init() -> None:
+    fn = _openblas_set_threads_local()
+    if fn is not None:
+        fn(1)
+
+
+def _flat_scratch(tmp: dict, name: str, rows: int, cols: int, dtype) -> np.ndarray:
+    """A C-contiguous ``(rows, cols)`` scratch array carved from a reusable flat buffer."""
+    need = rows * cols
+    buf = tmp.get(name)
+    if buf is None or buf.size < need or buf.dtype != dtype:
+        buf = tmp[name] = np.empty(max(need, 1), dtype)
+    return buf[:need].reshape(rows, cols)
+
+
+def _fill_rows(kernel, q, lo: int, hi: int, out: np.ndarray, tmp: dict) -> None:
+    """Scores of queries ``lo .. hi-1`` against every item of ``kernel`` into ``out``, chunk by chunk."""
+    n, chunk = kernel.n_items, min(kernel.item_chunk, max(kernel.n_items, 1))
+    for ilo in range(0, n, chunk):  # loop over item chunks
+        ihi = min(n, ilo + chunk)
+        kernel.fill(q, lo, hi, out[:, ilo:ihi], ilo, ihi, tmp)
+
+
+class _Search:
+    """One exact top-k search: a kernel, prepared queries, an exclusion CSR over the queries."""
+
+    def __init__(self, kernel, q, k: int, exclude, stride: int = SAMPLE_STRIDE):
+        self.kernel, self.q, self.k = kernel, q, k
+        self.n = kernel.n_items
+        self.largest, self.dtype = kernel.largest, np.dtype(kernel.dtype)
+        self.fill = sentinel(self.dtype, self.largest)
+        self.exclude = exclude
+        self.stride = stride
+        stride = self.stride = getattr(kernel, "sample_stride", stride)
+        # sampled thresholds pay off once the catalogue is large against k
+        self.sample = None
+        if self.n >= 4 * stride * max(k, 8):
+            cache = kernel.__dict__.setdefault("_sample_kernels", {})  # built once per kernel and stride
+            if stride not in cache:
+                cache[stride] = kernel.subset(np.arange(0, self.n, stride))
+            self.sample = cache[stride]
+
+    def block(self, lo: int, hi: int, tmp: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(cols, raw values)`` of queries ``lo .. hi-1``."""
+        R, N, k = hi - lo, self.n, self.k
+        if self.exclude is not None:
+            ex_rows, ex_cols = excluded_pairs(self.exclude[0], self.exclude[1], lo, hi)
+        else:
+            ex_rows = ex_cols = np.zeros(0, np.int64)
+        if self.sample is None:
+            S = _flat_scratch(tmp, "S", R, N, self.dtype)
+            _fill_rows(self.kernel, self.q, lo, hi, S, tmp)
+            S[ex_rows, ex_cols] = self.fill
+            return select_topk(S, k, self.largest)
+        # 1. per-row thresholds from every stride-th item (seen items masked)
+        Ss = _flat_scratch(tmp, "sample", R, self.sample.n_items, self.dtype)
+        _fill_rows(self.sample, self.q, lo, hi, Ss, tmp)
+        in_sample = ex_cols % self.stride == 0
+        Ss[ex_rows[in_sample], ex_cols[in_sample] // self.stride] = self.fill
+        t = clamp_threshold(sample_thresholds(Ss, k, self.largest, self.stride), self.dtype, self.largest)
+        # 2. stream the items chunk by chunk: excluded entries get the sentinel, then keep the
+        #    entries at or past the threshold
+        by_col = np.argsort(ex_cols, kind="stable")
+        ex_rows, ex_cols = ex_rows[by_col], ex_cols[by_col]
+        parts_r, parts_c, parts_v = [], [], []
+        chunk = min(self.kernel.item_chunk, N)
+        for ilo in range(0, N, chunk):  # loop over item chunks
+            ihi = min(N, ilo + chunk)
+            width = ihi - ilo
+            Sc = _flat_scratch(tmp, "chunk", R, width, self.dtype)
+            self.kernel.fill(self.q, lo, hi, Sc, ilo, ihi, tmp)
+            a, b = np.searchsorted(ex_cols, [ilo, ihi])
+            Sc[ex_rows[a:b], ex_cols[a:b] - ilo] = self.fill
+            flat = passing(Sc, t, self.largest)
+            r = flat // width
+            parts_r.append(r)
+            parts_c.append(flat - r * width + ilo)
+            parts_v.append(Sc.reshape(-1)[flat])
+        rows, cols, vals = np.concatenate(parts_r), np.concatenate(parts_c), np.concatenate(parts_v)
+        # 4. rows the threshold left short of k candidates: score them in full, exactly
+        short = np.flatnonzero(np.bincount(rows, minlength=R) < k)
+        if len(short):
+            keep = ~np.isin(rows, short)
+            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+            S = np.empty((len(short), N), self.dtype)
+            _fill_rows(self.kernel, self.kernel.take(self.q, lo + short), 0, len(short), S, tmp)
+            pos = np.full(R, -1, np.int64)
+            pos[short] = np.arange(len(short))
+            hit = pos[ex_rows] >= 0
+            S[pos[ex_rows[hit]], ex_cols[hit]] = self.fill
+            sc, sv = select_topk(S, k, self.largest)
+            ok = sc >= 0
+            rows = np.concatenate([rows, np.repeat(short, ok.sum(1))])
+            cols = np.concatenate([cols, sc[ok]])
+            vals = np.concatenate([vals, sv[ok]])
+        return rank_candidates(rows, cols, vals, R, N, k, self.largest, self.fill)
+
+
 def search_topk(kernel, queries: np.ndarray, k: int, exclude: Optional[tuple] = None,
                 threads: Optional[int] = None, row_block: Optional[int] = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` items of every query under ``kernel``; seen items excluded.
+    """Exact top-``k`` items of every query under ``kernel``; excluded items never returned.
 
-    ``queries`` are in the kernel's query format (:meth:`prepare` is applied);
+    ``queries`` are in the kernel's input format (:meth:`prepare` is applied);
     ``exclude`` is ``(indptr, indices)``, a CSR with one row per query listing item
     indices that must not be returned. Returns ``(items, scores)``, each ``(Q, k)``:
     item indices (int64, best first, ties to the lower index; ``-1`` pads rows with
     fewer than ``k`` eligible items) and the kernel's scores (int32 ``<k_u, k_i>`` for
     codes, float32 for float embeddings; the int32 minimum / ``-inf`` on padding).
+
+    Queries run in blocks of ``row_block`` on ``threads`` worker threads. Per block, a
+    threshold per query is read off a 1-in-16 sample of the items, the items are then
+    scored chunk by chunk (cache-sized) keeping only entries at or past the threshold,
+    and the survivors are ranked; a query left with fewer than ``k`` survivors is
+    rescored in full (see :mod:`hqgnn.index.select`).
     """
     q = kernel.prepare(queries)
     nq, n_items = kernel.n_queries(q), kernel.n_items
     if not 1 <= k <= n_items:
         raise ValueError(f"k={k} out of range 1..{n_items}")
-    rb = row_block or kernel.row_block
-    chunk = min(kernel.item_chunk, n_items)
-    sentinel = _sentinel(kernel.dtype, kernel.largest)
     if exclude is not None:
-        indptr, indices = np.asarray(exclude[0], dtype=np.int64), np.asarray(exclude[1], dtype=np.int64)
-        if len(indptr) != nq + 1:
-            raise ValueError(f"exclusion CSR has {len(indptr) - 1} rows for {nq} queries")
-    items_out = np.empty((nq, k), np.int64)
-    scores_out = None
-    local = threading.local()
+        exclude = (np.asarray(exclude[0], dtype=np.int64), np.asarray(exclude[1], dtype=np.int64))
+        if len(exclude[0]) != nq + 1:
+            raise ValueError(f"exclusion CSR has {len(exclude[0]) - 1} rows for {nq} queries")
+    search = _Search(kernel, q, k, exclude)
+    n_workers = threads or default_threads()
+    rb = row_block
+    if rb is None:
+        rb = kernel.row_block
+        if search.sample is None:  # whole blocks of scores are materialised: bound their size
+            rb = max(8, min(rb, SCORE_BUFFER_BYTES // max(1, n_items * kernel.dtype.itemsize)))
+        rb = max(1, min(rb, -(-nq // n_workers)))  # at least one block per worker
     blocks = [(lo, min(nq, lo + rb)) for lo in range(0, nq, rb)]
+    local = threading.local()
 
     def run(block):
-        lo, hi = block
         tmp = getattr(local, "tmp", None)
         if tmp is None:
-            tmp = local.tmp = {"S": np.empty(rb * n_items, kernel.dtype)}
-        S = tmp["S"][: (hi - lo) * n_items].reshape(hi - lo, n_items)
-        for ilo in range(0, n_items, chunk):  # loop over item chunks
-            ihi = min(n_items, ilo + chunk)
-            kernel.fill(q, lo, hi, S[:, ilo:ihi], ilo, ihi, tmp)
-        if exclude is not None:
-            _mask_excluded(S, indptr, indices, lo, hi, sentinel)
-        cols, vals = select_topk(S, k, kernel.largest)
-        return lo, hi, cols, kernel.to_scores(vals)
+            tmp = local.tmp = {}
+        cols, vals = search.block(block[0], block[1], tmp)
+        return block, cols, kernel.to_scores(vals)
 
-    n_threads = max(1, min(threads or default_threads(), len(blocks)))
+    items_out = np.empty((nq, k), np.int64)
+    scores_out = np.empty((nq, k), kernel.score_dtype)
+    n_threads = max(1, min(n_workers, len(blocks)))
     if n_threads == 1:
-        results = map(run, blocks)
+        with blas_threads(n_workers):
+            for block in blocks:
+                (lo, hi), cols, scores = run(block)
+                items_out[lo:hi], scores_out[lo:hi] = cols, scores
     else:
-        pool = ThreadPoolExecutor(n_threads)
-        results = pool.map(run, blocks)
-    try:
-        for lo, hi, cols, scores in results:
-            if scores_out is None:
-                scores_out = np.empty((nq, k), scores.dtype)
-            items_out[lo:hi] = cols
-            scores_out[lo:hi] = scores
-    finally:
-        if n_threads > 1:
-            pool.shutdown()
-    if scores_out is None:
-        scores_out = np.empty((0, k), kernel.score_dtype)
+        # one block per worker and core; BLAS single-threaded inside each worker
+        with ThreadPoolExecutor(n_threads, initializer=_worker_init) as pool:
+            for (lo, hi), cols, scores in pool.map(run, blocks):
+                items_out[lo:hi], scores_out[lo:hi] = cols, scores
     return items_out, scores_out
 
 

@@ -1,0 +1,147 @@
+"""The exported artifact: round trip of every field, atomic writes, and damaged files."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import hqgnn.storage
+from hqgnn.errors import CheckpointError
+from hqgnn.index import FloatIndex, QuantizedIndex, export_from_arrays, open_index, read_artifact
+from hqgnn.index import artifact as A
+
+N_USERS, N_ITEMS, DIM = 40, 90, 70  # DIM not a multiple of 64: two words, 58 padding bits
+
+
+def export(path, bits=3, string_ids=True, **changes):
+    rng = np.random.default_rng(bits)
+    if bits == 32:
+        users = rng.standard_normal((N_USERS, DIM)).astype(np.float32)
+        items = rng.standard_normal((N_ITEMS, DIM)).astype(np.float32)
+    else:
+        users = rng.integers(0, 2**bits, (N_USERS, DIM)).astype(np.uint8)
+        items = rng.integers(0, 2**bits, (N_ITEMS, DIM)).astype(np.uint8)
+    train = sp.random(N_USERS, N_ITEMS, density=0.1, format="csr", random_state=bits, dtype=np.float32)
+    kwargs = dict(model="hqgnn", bits=bits, user_codes=users, item_codes=items, user_scale=0.25, item_scale=0.5,
+                  user_ids=np.array([f"u{i}" for i in range(N_USERS)]) if string_ids else np.arange(N_USERS) + 7,
+                  item_ids=np.arange(N_ITEMS) * 2, train_csr=train, data_fingerprint="abc123",
+                  extra_meta={"epochs": 3, "note": "test"})
+    kwargs.update(changes)
+    info = export_from_arrays(path, **kwargs)
+    return info, users, items, train, kwargs
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8, 32])
+def test_round_trip_every_field(tmp_path, bits):
+    path = tmp_path / "model.hqi"
+    info, users, items, train, kw = export(path, bits)
+    assert info["bytes"] == path.stat().st_size and info["bits"] == bits
+    for mmap in (True, False):
+        art = read_artifact(path, mmap=mmap)
+        assert (art.model, art.bits, art.dim, art.n_users, art.n_items) == ("hqgnn", bits, DIM, N_USERS, N_ITEMS)
+        assert art.data_fingerprint == "abc123" and art.extra == {"epochs": 3, "note": "test"}
+        assert art.format_version == A.FORMAT_VERSION
+        if bits == 32:
+            assert (art.user_scale, art.item_scale) == (1.0, 1.0)
+            assert art.pad_bits == 0
+        else:
+            assert (art.user_scale, art.item_scale) == (0.25, 0.5)
+            assert art.words == 2 and art.pad_bits == 128 - DIM and art.meta["pad_bits"] == 128 - DIM
+            assert art.item_codes.shape == (bits, N_ITEMS, 2) and art.item_codes.dtype == np.uint64
+        assert np.array_equal(art.unpacked_user_codes(), users)
+        assert np.array_equal(art.unpacked_item_codes(), items)
+        assert list(art.user_ids) == list(kw["user_ids"]) and list(art.item_ids) == list(kw["item_ids"])
+        assert np.array_equal(art.train_indptr, train.indptr) and np.array_equal(art.train_indices, train.indices)
+        assert (art.train_csr() != (train > 0).astype(np.float32)).nnz == 0
+        assert isinstance(art.item_codes, np.memmap) == mmap
+
+
+def test_index_save_load_search_identical(tmp_path):
+    path = tmp_path / "a.hqi"
+    export(path, 2, string_ids=False)
+    index = QuantizedIndex.from_artifact(path)
+    before = index.search(k=10, exclude="train")
+    index.save(tmp_path / "b.hqi")
+    again = QuantizedIndex.load(tmp_path / "b.hqi")
+    after = again.search(k=10, exclude="train")
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    assert again.recommend([7], k=3).items.shape == (1, 3)
+    float_path = tmp_path / "f.hqi"
+    export(float_path, 32)
+    assert isinstance(open_index(float_path), FloatIndex)
+    assert isinstance(open_index(path), QuantizedIndex)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "model.hqi"
+    export(path, 1)
+    good = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hqgnn.storage.os, "replace", boom)
+    with pytest.raises(OSError):
+        export(path, 4)
+    monkeypatch.undo()
+    assert path.read_bytes() == good  # the old artifact is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.hqi"]  # no temporary left over
+    with pytest.raises(ValueError):
+        export(tmp_path / "new.hqi", 1, item_codes=np.full((N_ITEMS, DIM), 2, np.uint8))  # codes out of range
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.hqi"]
+
+
+def test_missing_truncated_corrupt_newer(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_artifact(tmp_path / "nope.hqi")
+    path = tmp_path / "model.hqi"
+    export(path, 3)
+    data = path.read_bytes()
+
+    def expect(blob, pattern):
+        bad = tmp_path / "bad.hqi"
+        bad.write_bytes(blob)
+        with pytest.raises(CheckpointError, match=pattern) as err:
+            read_artifact(bad)
+        message = str(err.value)
+        assert str(bad) in message and "\n" not in message
+
+    for cut in (0, 5, 30, 200, len(data) // 2, len(data) - 1):
+        expect(data[:cut], "truncated")
+    flipped = bytearray(data)
+    flipped[-100] ^= 0x01  # a code byte
+    expect(bytes(flipped), "checksum")
+    header_flip = bytearray(data)
+    header_flip[60] ^= 0x20  # a header byte
+    expect(bytes(header_flip), "corrupt")
+    expect(b"PK\x03\x04" + data[4:], "bad magic")
+    newer = bytearray(data)
+    newer[8:12] = struct.pack("<I", A.FORMAT_VERSION + 1)
+    expect(bytes(newer), "newer")
+    expect(data + b"\0", "trailing")
+
+
+def test_wrong_bits_requested(tmp_path):
+    path = tmp_path / "model.hqi"
+    export(path, 3)
+    with pytest.raises(CheckpointError, match="3-bit codes, but bits=1"):
+        read_artifact(path, bits=1)
+    with pytest.raises(CheckpointError, match="bits=4"):
+        QuantizedIndex.from_artifact(path, bits=4)
+    with pytest.raises(CheckpointError, match="FloatIndex|QuantizedIndex"):
+        FloatIndex.from_artifact(path)
+    assert QuantizedIndex.from_artifact(path, bits=3).bits == 3
+
+
+def test_header_is_plain_json(tmp_path):
+    path = tmp_path / "model.hqi"
+    export(path, 1)
+    raw = path.read_bytes()
+    magic, version, header_len, _ = A.PREAMBLE.unpack(raw[: A.PREAMBLE.size])
+    meta = json.loads(raw[A.PREAMBLE.size: A.PREAMBLE.size + header_len])
+    assert magic == A.MAGIC and version == 1 and meta["layout"] == "bitplanes-u64le"
+    assert set(meta["arrays"]) == {"user_codes", "item_codes", "user_ids", "item_ids", "train_indptr",
+                                   "train_indices"}
+    assert all(spec["offset"] % 64 == 0 for spec in meta["arrays"].values())

@@ -1,0 +1,182 @@
+"""QuantizedIndex / FloatIndex: exact rankings, exclusion, faiss backends, ids and bad requests."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from hqgnn.errors import ConfigError, HQGNNError
+from hqgnn.index import FloatIndex, QuantizedIndex, RetrievalError
+from hqgnn.index.packing import codes_to_levels
+
+torch.set_num_threads(1)
+
+N_USERS, N_ITEMS, DIM = 60, 700, 24
+
+
+def make_train(seed=0, n_users=N_USERS, n_items=N_ITEMS, density=0.04):
+    return sp.random(n_users, n_items, density=density, format="csr", random_state=seed, dtype=np.float32)
+
+
+def make_codes(bits, seed=0, n_users=N_USERS, n_items=N_ITEMS, dim=DIM):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 2**bits, (n_users, dim)).astype(np.uint8),
+            rng.integers(0, 2**bits, (n_items, dim)).astype(np.uint8))
+
+
+def dequantized_ranking(users, items, bits, su, si, k, train=None):
+    """Reference: rank by the float scores of the dequantized embeddings x_hat = s k / 2 (stable sort)."""
+    xu = su * codes_to_levels(users, bits).astype(np.float64) / 2
+    xi = si * codes_to_levels(items, bits).astype(np.float64) / 2
+    S = xu @ xi.T
+    if train is not None:
+        S[train.nonzero()] = -np.inf
+    order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(S, order, 1), S
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_topk_equals_dequantized_float_ranking(bits):
+    users, items = make_codes(bits, seed=bits)
+    train = make_train(bits)
+    su, si = 0.37, 1.9
+    index = QuantizedIndex.from_codes(items, bits, user_codes=users, user_scale=su, item_scale=si, train=train)
+    got, scores = index.search(k=25, exclude="train")
+    want, want_values, S = dequantized_ranking(users, items, bits, su, si, 25, train)
+    values = index.dequantize(scores)
+    tol = 1e-9 * np.abs(want_values).max()
+    # sorted best first; the same score multiset as the float ranking; each returned item's
+    # float score is the value reported; and the items above the k-th score are the same set
+    # (float rounding of the dequantized sums may reorder exact ties, so ties are set aside)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert np.allclose(values, want_values, rtol=0, atol=tol)
+    assert np.allclose(np.take_along_axis(S, got, 1), values, rtol=0, atol=tol)
+    for r in range(N_USERS):
+        kth = values[r, -1]
+        assert set(got[r][values[r] > kth + tol]) == set(want[r][want_values[r] > kth + tol])
+    # seen items are never returned
+    assert not np.any(np.asarray(train[np.arange(N_USERS)[:, None], got].todense()))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 5])
+def test_all_kernels_agree(bits):
+    users, items = make_codes(bits, seed=10 + bits)
+    train = make_train(3)
+    results = []
+    for kernel in ("bitplane", "gemm", "int32-mm"):
+        index = QuantizedIndex.from_codes(items, bits, user_codes=users, train=train, kernel=kernel)
+        results.append(index.search(k=30, exclude="train"))
+    for items_k, scores_k in results[1:]:
+        assert np.array_equal(items_k, results[0][0]) and np.array_equal(scores_k, results[0][1])
+
+
+def test_search_by_query_codes_and_explicit_exclusion():
+    users, items = make_codes(3, seed=4)
+    train = make_train(4)
+    index = QuantizedIndex.from_codes(items, 3, user_codes=users, train=train)
+    by_user, s1 = index.search([5, 9], k=10, exclude="train")
+    by_code, s2 = index.search(k=10, queries=users[[5, 9]], exclude=train[[5, 9]])
+    assert np.array_equal(by_user, by_code) and np.array_equal(s1, s2)
+    # a matrix with one row per user is indexed by the users asked for
+    by_full, _ = index.search([5, 9], k=10, exclude=train)
+    assert np.array_equal(by_user, by_full)
+    no_excl, _ = index.search([5, 9], k=10)
+    assert not np.array_equal(no_excl, by_user) or train[[5, 9]].nnz == 0
+
+
+def test_similar_excludes_the_item_itself():
+    _, items = make_codes(1, seed=6)
+    items[7] = items[3]  # an exact duplicate: the best neighbour of 3 is 7, never 3 itself
+    index = QuantizedIndex.from_codes(items, 1)
+    got, scores = index.similar([3, 7], k=5)
+    assert got[0, 0] == 7 and got[1, 0] == 3
+    assert 3 not in got[0] and 7 not in got[1]
+    assert scores[0, 0] == DIM
+
+
+def test_float_index_equals_torch_brute_force():
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((N_USERS, DIM)).astype(np.float32)
+    v = rng.standard_normal((N_ITEMS, DIM)).astype(np.float32)
+    train = make_train(5)
+    index = FloatIndex.from_embeddings(v, user_emb=u, train=train)
+    got, scores = index.search(k=20, exclude="train")
+    S = torch.from_numpy(u) @ torch.from_numpy(v).T
+    S[torch.from_numpy(train.toarray() > 0)] = -float("inf")
+    ref_scores, ref_items = torch.topk(S, 20, dim=1)
+    assert np.allclose(scores, ref_scores.numpy(), rtol=1e-5, atol=1e-5)
+    # continuous scores: no ties, so the items agree exactly
+    assert np.array_equal(got, ref_items.numpy())
+    index.backend = "faiss-flat"
+    got_f, scores_f = index.search(k=20, exclude="train")
+    assert np.array_equal(got_f, got) and np.allclose(scores_f, scores, rtol=1e-5, atol=1e-5)
+
+
+def test_faiss_backends_for_one_bit():
+    users, items = make_codes(1, seed=8, dim=64)
+    train = make_train(8)
+    index = QuantizedIndex.from_codes(items, 1, user_codes=users, train=train)
+    exact_items, exact_scores = index.search(k=20, exclude="train")
+    index.backend = "faiss-flat"
+    flat_items, flat_scores = index.search(k=20, exclude="train")
+    # faiss-flat is exact: same scores; items agree up to ties at the k-th score
+    assert np.array_equal(flat_scores, exact_scores)
+    for r in range(N_USERS):
+        kth = exact_scores[r, -1]
+        assert set(flat_items[r][flat_scores[r] > kth]) == set(exact_items[r][exact_scores[r] > kth])
+    assert not np.any(np.asarray(train[np.arange(N_USERS)[:, None], flat_items].todense()))
+    for backend in ("faiss-hnsw", "faiss-ivf"):
+        index.backend = backend
+        approx_items, approx_scores = index.search(k=20, exclude="train")
+        assert approx_items.shape == (N_USERS, 20) and np.all(np.diff(approx_scores, axis=1) <= 0)
+        seen = np.asarray(train[np.arange(N_USERS)[:, None], np.maximum(approx_items, 0)].todense()) > 0
+        assert not np.any(seen & (approx_items >= 0))
+    with pytest.raises(ConfigError, match="1-bit"):
+        QuantizedIndex.from_codes(make_codes(2)[1], 2, backend="faiss-flat")
+
+
+def test_recommendations_map_original_ids():
+    users, items = make_codes(2, seed=9)
+    train = make_train(9)
+    user_ids = np.array([f"user-{i}" for i in range(N_USERS)])
+    item_ids = np.arange(N_ITEMS) * 3 + 1000
+    index = QuantizedIndex.from_codes(items, 2, user_codes=users, user_ids=user_ids, item_ids=item_ids,
+                                      train=train, user_scale=0.5, item_scale=2.0)
+    rec = index.recommend(["user-4", "user-11"], k=7)
+    dense, scores = index.search([4, 11], k=7, exclude="train")
+    assert np.array_equal(rec.items, item_ids[dense]) and np.array_equal(rec.scores, scores)
+    assert np.allclose(rec.values, scores * 0.5 * 2.0 / 4)
+    records = rec.to_records()
+    assert records[0]["user"] == "user-4" and len(records[0]["items"]) == 7
+    assert all(isinstance(x, int) for x in records[0]["items"])
+    sim = index.similar_items([1000 + 3 * 5], k=4)
+    assert sim.kind == "item" and len(sim.items[0]) == 4 and 1015 not in sim.items[0]
+    assert np.array_equal(index.user_index(["user-11", "user-0"]), [11, 0])
+
+
+def test_bad_requests_raise_clear_errors():
+    users, items = make_codes(1)
+    index = QuantizedIndex.from_codes(items, 1, user_codes=users, user_ids=np.arange(N_USERS) + 100)
+    for bad_k in (0, -3, N_ITEMS + 1, 2.5, "10"):
+        with pytest.raises(RetrievalError, match="k="):
+            index.search([0], k=bad_k)
+    with pytest.raises(RetrievalError, match=f"out of range: expected 1 .. {N_ITEMS}"):
+        index.recommend([100], k=N_ITEMS + 1)
+    with pytest.raises(RetrievalError, match="unknown user id 99"):
+        index.recommend([100, 99], k=5)
+    with pytest.raises(RetrievalError, match="unknown item id 'abc'"):
+        index.similar_items(["abc"], k=5)
+    with pytest.raises(RetrievalError, match="out of range"):
+        index.search([N_USERS], k=5)
+    with pytest.raises(RetrievalError, match="shape"):
+        index.search(k=5, queries=np.zeros((2, DIM + 1), np.uint8))
+    with pytest.raises(RetrievalError, match="rows"):
+        index.search([1, 2], k=5, exclude=(np.array([0, 0, 0, 0]), np.array([], np.int64)))
+    with pytest.raises(ConfigError, match="backend"):
+        index.backend = "annoy"
+    assert issubclass(RetrievalError, HQGNNError)
+    item_only = QuantizedIndex.from_codes(items, 1)
+    with pytest.raises(RetrievalError, match="no user codes"):
+        item_only.search([0], k=3)
+    for message in [str(e) for e in (RetrievalError("x"),)]:
+        assert "\n" not in message

@@ -1,0 +1,202 @@
+"""Packing round trips and the exact scoring / top-K kernels of hqgnn.index."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hqgnn.index import kernels as K
+from hqgnn.index.select import select_topk, sentinel
+from hqgnn.index.packing import (code_sums, codes_to_levels, levels_to_codes, pack_bits, pack_codes, pad_bits,
+                                 unpack_bits, unpack_codes, words_per_row)
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+def random_codes(rng, n, d, bits):
+    return rng.integers(0, 2**bits, size=(n, d)).astype(np.uint8)
+
+
+def random_csr(rng, n_rows, n_cols, max_len):
+    """A CSR of distinct random column indices per row (test fixture; a loop over a few rows)."""
+    lens = np.minimum(rng.integers(0, max_len + 1, size=n_rows), n_cols)
+    indices = np.concatenate([rng.choice(n_cols, size=n, replace=False) for n in lens]
+                             + [np.zeros(0, np.int64)]).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), indices
+
+
+# ---------------------------------------------------------------- packing
+@FAST
+@given(bits=st.integers(1, 8), n=st.integers(0, 12), d=st.integers(1, 200), seed=st.integers(0, 2**31))
+def test_pack_unpack_round_trip(bits, n, d, seed):
+    codes = random_codes(np.random.default_rng(seed), n, d, bits)
+    planes = pack_codes(codes, bits)
+    assert planes.shape == (bits, n, words_per_row(d)) and planes.dtype == np.uint64
+    assert np.array_equal(unpack_codes(planes, bits, d), codes)
+    if pad_bits(d) and n:
+        # the padding bits of the last word are zero in every plane
+        assert not np.any(planes[:, :, -1] >> np.uint64(64 - pad_bits(d)))
+
+
+@FAST
+@given(n=st.integers(1, 10), d=st.integers(1, 150), seed=st.integers(0, 2**31))
+def test_pack_bits_layout(n, d, seed):
+    bits = np.random.default_rng(seed).integers(0, 2, size=(n, d)).astype(np.uint8)
+    words = pack_bits(bits)
+    assert np.array_equal(unpack_bits(words, d), bits)
+    # dimension t is bit t % 64 of word t // 64
+    t = d - 1
+    assert np.array_equal((words[:, t // 64] >> np.uint64(t % 64)) & np.uint64(1), bits[:, t].astype(np.uint64))
+
+
+def test_levels_codes_helpers():
+    for bits in range(1, 9):
+        c = np.arange(2**bits, dtype=np.uint8)[None, :]
+        k = codes_to_levels(c, bits)
+        assert k.min() == -(2**bits - 1) and k.max() == 2**bits - 1 and np.all(k % 2 == 1)
+        assert np.array_equal(levels_to_codes(k, bits), c)
+    assert np.array_equal(code_sums(np.array([[1, 2], [3, 4]], np.uint8)), [3, 7])
+    with pytest.raises(ValueError):
+        pack_codes(np.array([[4]]), 2)
+    with pytest.raises(ValueError):
+        levels_to_codes(np.array([2]), 2)
+
+
+# ---------------------------------------------------------------- scores
+def kernels_for(codes, bits):
+    return {
+        "bitplane": (K.PlaneKernel(pack_codes(codes, bits), bits, codes.shape[1]), lambda q: pack_codes(q, bits)),
+        "gemm": (K.CodeGemmKernel(codes, bits), lambda q: q),
+        "int32-mm": (K.IntMatmulKernel(codes, bits), lambda q: q),
+    }
+
+
+@FAST
+@given(bits=st.integers(1, 8), d=st.integers(1, 130), nq=st.integers(1, 9), ni=st.integers(1, 60),
+       seed=st.integers(0, 2**31))
+def test_kernel_scores_equal_brute_force(bits, d, nq, ni, seed):
+    rng = np.random.default_rng(seed)
+    users, items = random_codes(rng, nq, d, bits), random_codes(rng, ni, d, bits)
+    ref = codes_to_levels(users, bits).astype(np.float64) @ codes_to_levels(items, bits).astype(np.float64).T
+    for name, (kernel, prep) in kernels_for(items, bits).items():
+        got = K.all_scores(kernel, prep(users))
+        assert got.dtype == np.int32
+        assert np.array_equal(got, ref), name
+
+
+def test_extreme_codes_are_exact():
+    """All-max codes: the largest |<k_u, k_i>| = d m^2 for every width, float32 and float64 GEMM."""
+    for bits, d in [(8, 64), (8, 300), (4, 200), (1, 200)]:
+        top = np.full((3, d), 2**bits - 1, np.uint8)
+        low = np.zeros((2, d), np.uint8)
+        items = np.concatenate([top, low])
+        for name, (kernel, prep) in kernels_for(items, bits).items():
+            got = K.all_scores(kernel, prep(top))
+            m2d = d * (2**bits - 1) ** 2
+            assert np.all(got[:, :3] == m2d) and np.all(got[:, 3:] == -m2d), (bits, d, name)
+
+
+# ---------------------------------------------------------------- selection
+@FAST
+@given(n_rows=st.integers(1, 6), n=st.integers(1, 3000), k=st.integers(1, 60), dtype=st.sampled_from(
+    ["uint8", "uint16", "int32", "float32"]), largest=st.booleans(), seed=st.integers(0, 2**31))
+def test_select_topk_matches_stable_sort(n_rows, n, k, dtype, largest, seed):
+    rng = np.random.default_rng(seed)
+    hi = 20 if dtype != "float32" else 5
+    S = rng.integers(0, hi, size=(n_rows, n)).astype(dtype)  # many ties
+    worst = sentinel(S.dtype, largest)
+    S[rng.random(S.shape) < 0.3] = worst  # excluded entries
+    cols, vals = select_topk(S, k, largest, sample_stride=4)
+    key = -S.astype(np.float64) if largest else S.astype(np.float64)
+    order = np.argsort(key, axis=1, kind="stable")
+    for r in range(n_rows):
+        eligible = order[r][S[r][order[r]] != worst][:k]
+        m = len(eligible)
+        assert np.array_equal(cols[r, :m], eligible)
+        assert np.array_equal(vals[r, :m], S[r, eligible])
+        assert np.all(cols[r, m:] == -1)
+
+
+def test_search_topk_excludes_and_breaks_ties_by_index():
+    rng = np.random.default_rng(3)
+    items = random_codes(rng, 5000, 64, 1)
+    users = random_codes(rng, 70, 64, 1)
+    indptr, indices = random_csr(rng, 70, 5000, 300)
+    ref = codes_to_levels(users, 1).astype(np.int64) @ codes_to_levels(items, 1).astype(np.int64).T
+    want_items, want_scores = K.reference_topk(ref, 50, (indptr, indices))
+    for name, (kernel, prep) in kernels_for(items, 1).items():
+        for threads in (1, 2):
+            got_items, got_scores = K.search_topk(kernel, prep(users), 50, exclude=(indptr, indices), threads=threads)
+            assert np.array_equal(got_items, want_items), name
+            assert np.array_equal(got_scores, want_scores), name
+            rows = np.repeat(np.arange(70), np.diff(indptr))
+            seen = set(zip(rows.tolist(), indices.tolist()))
+            assert not any((r, int(i)) in seen for r in range(70) for i in got_items[r])
+
+
+def test_search_topk_pads_rows_with_too_few_eligible_items():
+    rng = np.random.default_rng(0)
+    items = random_codes(rng, 30, 8, 2)
+    users = random_codes(rng, 2, 8, 2)
+    indptr = np.array([0, 27, 27])
+    indices = np.arange(27)
+    for name, (kernel, prep) in kernels_for(items, 2).items():
+        got, scores = K.search_topk(kernel, prep(users), 5, exclude=(indptr, indices))
+        assert set(got[0, :3].tolist()) == {27, 28, 29} and np.all(got[0, 3:] == -1), name
+        assert np.all(scores[0, 3:] == np.iinfo(np.int32).min)
+        assert np.all(got[1] >= 0)
+
+
+def test_float_kernel_matches_numpy():
+    rng = np.random.default_rng(1)
+    items = rng.standard_normal((2000, 32)).astype(np.float32)
+    users = rng.standard_normal((40, 32)).astype(np.float32)
+    got, scores = K.search_topk(K.GemmKernel(items), users, 20)
+    ref = users @ items.T
+    want = np.argsort(-ref, axis=1, kind="stable")[:, :20]
+    assert np.array_equal(got, want)
+    assert np.allclose(scores, np.take_along_axis(ref, want, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_search_is_exact_when_the_sample_misleads():
+    """Catalogue large enough for sampled thresholds; rows built to defeat the sample."""
+    rng = np.random.default_rng(5)
+    n, d, k = 4096, 64, 60
+    users = random_codes(rng, 6, d, 1)
+    items = random_codes(rng, n, d, 1)
+    items[0: 16 * 40: 16] = users[0]  # 40 perfect items, all in the 1-in-16 sample: too few pass
+    items[7: 16 * 90: 16] = users[1]  # 90 perfect items, none in the sample
+    users[5] = users[0]               # ... and user 5 has seen 30 of user 0's 40 perfect items
+    lens = [0, 0, n - 10, n // 16, 0, 30]
+    indices = [np.zeros(0, np.int64), np.zeros(0, np.int64),
+               rng.choice(n, n - 10, replace=False),           # only 10 eligible items: padded
+               np.arange(0, n, 16),                            # the whole sample is excluded
+               np.zeros(0, np.int64),
+               np.arange(0, 16 * 30, 16)]
+    indptr = np.concatenate([[0], np.cumsum(lens)])
+    indices = np.concatenate(indices)
+    ref = codes_to_levels(users, 1).astype(np.int64) @ codes_to_levels(items, 1).astype(np.int64).T
+    want_items, want_scores = K.reference_topk(ref, k, (indptr, indices))
+    for name, (kernel, prep) in kernels_for(items, 1).items():
+        got_items, got_scores = K.search_topk(kernel, prep(users), k, exclude=(indptr, indices), threads=1)
+        assert np.array_equal(got_items, want_items), name
+        assert np.array_equal(got_scores[got_items >= 0], want_scores[want_items >= 0].astype(np.int32)), name
+        assert np.sum(got_items[2] >= 0) == 10
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.sampled_from([1, 2, 3, 8]), d=st.integers(1, 80), nq=st.integers(1, 40), n=st.integers(1, 5000),
+       k=st.integers(1, 70), max_seen=st.integers(0, 400), threads=st.integers(1, 2), seed=st.integers(0, 2**31))
+def test_search_topk_matches_reference_on_random_inputs(bits, d, nq, n, k, max_seen, threads, seed):
+    rng = np.random.default_rng(seed)
+    k = min(k, n)
+    users, items = random_codes(rng, nq, d, bits), random_codes(rng, n, d, bits)
+    indptr, indices = random_csr(rng, nq, n, max_seen)
+    ref = codes_to_levels(users, bits).astype(np.int64) @ codes_to_levels(items, bits).astype(np.int64).T
+    want_items, want_scores = K.reference_topk(ref, k, (indptr, indices))
+    for name, (kernel, prep) in kernels_for(items, bits).items():
+        got_items, got_scores = K.search_topk(kernel, prep(users), k, exclude=(indptr, indices), threads=threads)
+        assert np.array_equal(got_items, want_items), name
+        ok = want_items >= 0
+        assert np.array_equal(got_scores[ok], want_scores[ok].astype(np.int32)), name
+        assert np.all(got_scores[~ok] == np.iinfo(np.int32).min), name
