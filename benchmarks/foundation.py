@@ -20,6 +20,7 @@ Prints a Markdown table and writes it to benchmarks/results/foundation-<data>.md
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import platform
 import time
@@ -125,6 +126,8 @@ def main() -> None:
 
     lines = [
         f"# Foundation benchmark: {name}",
+        "",
+        "Command: `python benchmarks/foundation.py " + " ".join(sys.argv[1:]) + "`",
         "",
         f"{data.n_users} users, {data.n_items} items, {data.train.nnz} training interactions; "
         f"{torch.get_num_threads()} torch threads; {platform.processor() or platform.machine()}, "
