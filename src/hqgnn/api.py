@@ -137,7 +137,9 @@ class Recommender:
 
     def user_index(self, user_ids: Sequence) -> np.ndarray:
         """Dense indices of original user ids."""
-        return _lookup(self.data.original_user_ids(), user_ids, "user")
+        from .index.engine import IdMap  # the same id lookup as the retrieval engine
+
+        return IdMap(self.data.original_user_ids(), self.data.n_users, "user").to_index(user_ids)
 
     def recommend(self, user_ids: Sequence, k: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-k original item ids and scores for each original user id."""
@@ -152,25 +154,6 @@ class Recommender:
         top = rank_top_k(scores, mask, k)
         top_scores = torch.gather(scores, 1, top)
         return self.data.original_item_ids()[top.cpu().numpy()], top_scores.cpu().numpy()
-
-
-def _lookup(known: np.ndarray, ids: Sequence, what: str) -> np.ndarray:
-    """Map original ids to dense indices; an unknown id raises naming it."""
-    ids = np.asarray(ids)
-    if known.dtype.kind in "iu" and ids.dtype.kind in "iu" and np.array_equal(known, np.arange(len(known))):
-        bad = (ids < 0) | (ids >= len(known))
-        if bad.any():
-            raise DataError(f"unknown {what} id {ids[bad][0].item()!r} (known ids: 0 .. {len(known) - 1})")
-        return ids.astype(np.int64)
-    keys = known.astype(str)
-    order = np.argsort(keys)
-    q = ids.astype(str)
-    pos = np.searchsorted(keys[order], q)
-    pos = np.minimum(pos, len(keys) - 1)
-    found = keys[order][pos] == q
-    if not found.all():
-        raise DataError(f"unknown {what} id {ids[~found][0].item()!r}")
-    return order[pos].astype(np.int64)
 
 
 __all__ = ["Recommender", "prepare_data", "SYNTHETIC", "resolve_device"]
