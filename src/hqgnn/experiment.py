@@ -288,13 +288,14 @@ def plot_report(rows: list[dict], cells: list[Cell], metrics: list[str], out: Pa
             ax.set_xticks(range(1, 9))
             ax.legend(fontsize=8)
         ax = axes[-1]
-        for model in sorted({r["model"] for r in rs if "total_bytes" in r}):
+        for model in sorted({r["model"] for r in rs if "total_bytes" in r and r["bits"] <= 8}):
             pts = sorted({(r["bits"], r["total_bytes"]) for r in rs if r["model"] == model})
             ax.plot([p[0] for p in pts], [p[1] / 1e6 for p in pts], marker="o", label=model)
         fp = [r.get("float32_bytes") for r in rs if r.get("float32_bytes")]
         if fp:
             ax.axhline(fp[0] / 1e6, color="k", ls="--", label="float32")
         ax.set_yscale("log")
+        ax.set_xticks(range(1, 9))
         ax.set_xlabel("bits")
         ax.set_ylabel("codes size (MB)")
         ax.set_title(f"{dataset}: model size")
