@@ -148,11 +148,15 @@ class Recommender:
         if not 1 <= k <= n_items:
             raise DataError(f"k={k} is out of range: expected 1 .. {n_items}")
         idx = self.user_index(user_ids)
+        rows = torch.from_numpy(idx)
+        # rank as evaluation and the retrieval engine do (integer codes, ties to the lower item index) ...
+        ru, ri, integer = self.trainer.model.ranking_embeddings(self.trainer.adj)
+        ranking = ru[rows] @ ri.t()
+        mask = csr_rows_to_dense_mask(self.data.train, idx, ranking.device) if exclude_seen else None
+        top = rank_top_k(ranking, mask, k, integer)
+        # ... and report the model's (dequantized) scores
         u, i = self.embeddings()
-        scores = u[torch.from_numpy(idx)] @ i.t()
-        mask = csr_rows_to_dense_mask(self.data.train, idx, scores.device) if exclude_seen else None
-        top = rank_top_k(scores, mask, k)
-        top_scores = torch.gather(scores, 1, top)
+        top_scores = torch.gather(u[rows] @ i.t(), 1, top)
         return self.data.original_item_ids()[top.cpu().numpy()], top_scores.cpu().numpy()
 
 

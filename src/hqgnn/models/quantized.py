@@ -134,9 +134,7 @@ class QuantizedModel(ScoringModel):
         was = self.training
         self.eval()
         try:
-            u, i = self.encoder(adj)
-            u, i = self._pre_quantize(u, i)
-            self.user_quantizer(u), self.item_quantizer(i)  # calibrated mode: fix the scales on these tables
+            u, i = self._tables_to_quantize(adj)
             return {
                 "bits": self.bits,
                 "user_codes": self.user_quantizer.unsigned_codes(u).cpu().numpy(),
@@ -150,6 +148,12 @@ class QuantizedModel(ScoringModel):
     def _pre_quantize(self, u, i):
         return u, i
 
+    def _tables_to_quantize(self, adj):
+        """The (users, items) tables that Q_b codes, with the scales fixed on them (calibrated mode)."""
+        u, i = self._pre_quantize(*self.encoder(adj))
+        self.user_quantizer(u), self.item_quantizer(i)
+        return u, i
+
     @torch.no_grad()
     def ranking_embeddings(self, adj):
         """Integer levels k (as float32: |<k_u, k_i>| <= d (2^b - 1)^2 is exact below 2^24 for d <= 256).
@@ -158,8 +162,7 @@ class QuantizedModel(ScoringModel):
         was = self.training
         self.eval()
         try:
-            u, i = self._pre_quantize(*self.encoder(adj))
-            self.user_quantizer(u), self.item_quantizer(i)  # calibrated mode: fix the scales on these tables
+            u, i = self._tables_to_quantize(adj)
             return self.user_quantizer.levels(u).float(), self.item_quantizer.levels(i).float(), True
         finally:
             self.train(was)
