@@ -267,7 +267,7 @@ def report(args, env, main_rows, kernel_rows, faiss_rows, big_rows, n_users, n_i
         f"Machine: {env['cpu']}, {env['cores']} cores (shared; load average {env['load_before']} before, "
         f"{env['load_after']} after), numpy {np.__version__}, torch {torch.__version__}, faiss {faiss.__version__}, "
         f"threads={args.threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}.  ",
-        f"Data: `{args.data}` train.txt ({n_users:,} users x {n_items:,} items, "
+        f"Data: `{os.path.relpath(args.data, ROOT)}` train.txt ({n_users:,} users x {n_items:,} items, "
         f"{env['nnz']:,} training interactions excluded). Queries: {n_queries:,} users, top-{args.k}, "
         f"seen items excluded, batches of {args.batch} users, best of {args.repeat} run(s).  ",
         f"Codes and embeddings are **random** (d = {DIM}): throughput does not depend on trained values. "
