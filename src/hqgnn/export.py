@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import HQGNNError
+from .index.engine import _py  # numpy scalar -> Python value, as the engine returns ids
 
 
 def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
@@ -118,10 +119,6 @@ class ArtifactRecommender:
         top = self._popular_order[:k]
         return {"items": [_py(x) for x in self.index.item_map.to_ids(top)],
                 "scores": [float(c) for c in self._popular_counts[top]], "fallback": "popular"}
-
-
-def _py(x):
-    return x.item() if isinstance(x, np.generic) else x
 
 
 def _read_users_file(path) -> list:
