@@ -111,3 +111,11 @@ def _num(v):
         return int(v)
     except ValueError:
         return float(v)
+
+
+def test_repeated_set_flags_all_apply():
+    from hqgnn.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", "synthetic", "--out", "x", "--set", "lr=0.1", "dim=8",
+                                      "--set", "epochs=3", "--set", "batch_size=64"])
+    assert args.set == ["lr=0.1", "dim=8", "epochs=3", "batch_size=64"]
