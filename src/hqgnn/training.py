@@ -237,9 +237,7 @@ class Trainer:
                     sl = slice(start, start + cfg.batch_size)
                     bu, bp, bn = u_t[sl], p_t[sl], n_t[sl]
                     loss, _ = self.model.loss(self.adj, bu, bp, bn)
-                    u0, p0 = self.model.encoder.layer0(bu, bp)
-                    _, n0 = self.model.encoder.layer0(bu, bn)
-                    reg = 0.5 * (u0.pow(2).sum() + p0.pow(2).sum() + n0.pow(2).sum()) / len(bu)
+                    reg = self.model.encoder.l2_penalty(bu, bp, bn)
                     total = loss + cfg.weight_decay * reg
                     self.optimizer.zero_grad(set_to_none=True)
                     total.backward()

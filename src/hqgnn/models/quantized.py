@@ -23,7 +23,7 @@ import torch
 
 from ..config import Config
 from ..errors import CheckpointError
-from .base import ScoringModel, bpr_loss
+from .base import ScoringModel, bpr_loss, gathered_bpr_loss
 from .encoder import LightGCN
 from .hutchinson import hutchinson_trace
 from .quantizer import Quantizer
@@ -58,9 +58,9 @@ class QuantizedModel(ScoringModel):
     def loss(self, adj, users, pos, neg):
         u, i = self.encoder(adj)
         uq, iq = self.quantize(u, i)
-        loss = bpr_loss(uq[users], iq[pos], iq[neg])
+        loss = gathered_bpr_loss(uq, iq, users, pos, neg)
         if self.cfg.fp_loss_weight > 0:
-            loss = loss + self.cfg.fp_loss_weight * bpr_loss(u[users], i[pos], i[neg])
+            loss = loss + self.cfg.fp_loss_weight * gathered_bpr_loss(u, i, users, pos, neg)
         return loss, {}
 
     # ------------------------------------------------------------ schedules
