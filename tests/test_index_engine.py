@@ -63,7 +63,7 @@ def test_all_kernels_agree(bits):
     users, items = make_codes(bits, seed=10 + bits)
     train = make_train(3)
     results = []
-    for kernel in ("bitplane", "gemm", "int32-mm"):
+    for kernel in ("bitplane", "bitplane-numpy", "gemm", "int32-mm"):
         index = QuantizedIndex.from_codes(items, bits, user_codes=users, train=train, kernel=kernel)
         results.append(index.search(k=30, exclude="train"))
     for items_k, scores_k in results[1:]:

@@ -66,6 +66,8 @@ def test_levels_codes_helpers():
 def kernels_for(codes, bits):
     return {
         "bitplane": (K.PlaneKernel(pack_codes(codes, bits), bits, codes.shape[1]), lambda q: pack_codes(q, bits)),
+        "bitplane-numpy": (K.PlaneKernel(pack_codes(codes, bits), bits, codes.shape[1], compiled=False),
+                           lambda q: pack_codes(q, bits)),
         "gemm": (K.CodeGemmKernel(codes, bits), lambda q: q),
         "int32-mm": (K.IntMatmulKernel(codes, bits), lambda q: q),
     }
@@ -200,3 +202,17 @@ def test_search_topk_matches_reference_on_random_inputs(bits, d, nq, n, k, max_s
         ok = want_items >= 0
         assert np.array_equal(got_scores[ok], want_scores[ok].astype(np.int32)), name
         assert np.all(got_scores[~ok] == np.iinfo(np.int32).min), name
+
+
+def test_compiled_plane_kernel_is_used_and_sorts_exclusions():
+    from hqgnn.index import compiled
+
+    assert compiled.available(), "numba is a dependency: the compiled kernel must load"
+    kernel = K.PlaneKernel(pack_codes(np.zeros((4, 8), np.uint8), 1), 1, 8)
+    assert kernel.name == "bitplane" and kernel.fused() is not None
+    assert K.PlaneKernel(kernel.items, 1, 8, compiled=False).fused() is None
+    indptr = np.array([0, 3, 3, 5])
+    got = compiled.sorted_exclusion(indptr, np.array([9, 2, 5, 7, 1]))
+    assert got.tolist() == [2, 5, 9, 1, 7]
+    already = np.array([2, 5, 9, 1, 7])
+    assert compiled.sorted_exclusion(indptr, already).tolist() == already.tolist()

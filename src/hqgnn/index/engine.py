@@ -32,7 +32,7 @@ from .select import csr_rows
 
 EXACT = "exact"
 FAISS_BACKENDS = ("faiss-flat", "faiss-hnsw", "faiss-ivf")
-QUANTIZED_KERNELS = ("auto", "bitplane", "gemm", "int32-mm")
+QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int32-mm")
 
 #: Default kernel per bit width, chosen from benchmarks/retrieval.py on a 2-core AVX2 CPU:
 #: XOR + popcount wins for 1 bit; for 2..8 bits the float-unit GEMM of exact small
@@ -513,8 +513,9 @@ class QuantizedIndex(_Index):
 
     def _kernel(self):
         if self._kernel_obj is None:
-            if self.kernel_name == "bitplane":
-                self._kernel_obj = K.PlaneKernel(self.item_planes, self.bits, self.dim)
+            if self.kernel_name in ("bitplane", "bitplane-numpy"):
+                self._kernel_obj = K.PlaneKernel(self.item_planes, self.bits, self.dim,
+                                                 compiled=self.kernel_name == "bitplane")
             elif self.kernel_name == "gemm":
                 self._kernel_obj = K.CodeGemmKernel(self.item_codes(), self.bits)
             else:
@@ -522,7 +523,7 @@ class QuantizedIndex(_Index):
         return self._kernel_obj
 
     def _uses_planes(self) -> bool:
-        return self.backend != EXACT or self.kernel_name == "bitplane"
+        return self.backend != EXACT or self.kernel_name in ("bitplane", "bitplane-numpy")
 
     def _count(self, q) -> int:
         return q.shape[1] if self._uses_planes() else q.shape[0]

@@ -45,6 +45,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import compiled as _compiled
 from .select import (SAMPLE_STRIDE, clamp_threshold, csr_rows, excluded_pairs, passing,  # noqa: F401
                      rank_candidates, sample_thresholds, select_topk, sentinel)
 
@@ -74,19 +75,33 @@ class PlaneKernel:
     row_block = 64       # users per block
     item_chunk = 4096    # items per chunk: (64 x 4096) uint64 temporaries stay in L2/L3
     sample_stride = 16
-    name = "bitplane"
 
-    def __init__(self, items: np.ndarray, bits: int, dim: int):
+    def __init__(self, items: np.ndarray, bits: int, dim: int, compiled: bool = True):
         items = np.ascontiguousarray(items, dtype=np.uint64)
         if items.ndim != 3 or items.shape[0] != bits:
             raise ValueError(f"expected ({bits}, n, W) bit planes, got shape {items.shape}")
         self.items, self.bits, self.dim = items, bits, dim
+        # the compiled fused loop (hqgnn.index.compiled) when numba loads; numpy ufuncs otherwise
+        self.compiled = compiled and _compiled.available()
+        self._fused = None
         self.n_items, self.words = items.shape[1], items.shape[2]
         m = 2**bits - 1
         self.max_cost = dim * m * m
         self.dtype = np.dtype(np.uint8 if self.max_cost < 255 else np.uint16 if self.max_cost < 65535 else np.int32)
         self.max_score = dim * m * m
         self.score_dtype = np.dtype(np.int32)
+
+    @property
+    def name(self) -> str:
+        return "bitplane" if self.compiled else "bitplane-numpy"
+
+    def fused(self):
+        """The compiled fused search over these items (built on first use), or None."""
+        if not self.compiled:
+            return None
+        if self._fused is None:
+            self._fused = _compiled.FusedPlaneSearch(self.items, self.bits, self.dim)
+        return self._fused
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
         """Queries as ``(b, R, W)`` uint64 planes, contiguous."""
@@ -101,7 +116,7 @@ class PlaneKernel:
 
     def subset(self, idx: np.ndarray) -> "PlaneKernel":
         """The same kernel over the items ``idx`` (for threshold sampling)."""
-        return PlaneKernel(self.items[:, idx], self.bits, self.dim)
+        return PlaneKernel(self.items[:, idx], self.bits, self.dim, compiled=False)
 
     def fill(self, q: np.ndarray, lo: int, hi: int, out: np.ndarray, ilo: int, ihi: int, tmp: dict) -> None:
         """Costs of queries ``lo .. hi-1`` against items ``ilo .. ihi-1`` into ``out`` (R x C)."""
@@ -447,8 +462,12 @@ def search_topk(kernel, queries: np.ndarray, k: int, exclude: Optional[tuple] = 
         exclude = (np.asarray(exclude[0], dtype=np.int64), np.asarray(exclude[1], dtype=np.int64))
         if len(exclude[0]) != nq + 1:
             raise ValueError(f"exclusion CSR has {len(exclude[0]) - 1} rows for {nq} queries")
-    search = _Search(kernel, q, k, exclude)
     n_workers = threads or default_threads()
+    fused = getattr(kernel, "fused", None)
+    fused = fused() if fused is not None else None
+    if fused is not None:  # scoring and selection in one compiled loop per query
+        return fused.search(q, k, exclude, n_workers)
+    search = _Search(kernel, q, k, exclude)
     rb = row_block
     if rb is None:
         rb = kernel.row_block
