@@ -102,6 +102,17 @@ def test_gste_by_hand():
     assert torch.allclose(x.grad, torch.tensor([0.85, -1.15]))
 
 
+def test_wider_ste_window_passes_gradient_with_bounded_error_term():
+    # 1 bit, step 1, window 3: gradient passes for |x| <= 3; beyond the grid the error
+    # term z - k/2 is held at +-1/2
+    x = torch.tensor([-3.5, -2.0, 0.2, 2.9], requires_grad=True)
+    g = torch.tensor([1.0, 1.0, 1.0, -1.0])
+    GSTEQuantize.apply(x, torch.tensor(1.0), 1, 0.4, True, 1.0, 3.0).backward(g)
+    # -2.0: k=-1, error -1.5 -> -0.5: 1 * (1 + 0.4 * (-0.5)) = 0.8
+    # 0.2: error -0.3: 1 + 0.4 * (-0.3) = 0.88 ; 2.9: error 2.4 -> 0.5, g=-1: -(1 - 0.4 * 0.5) = -0.8
+    assert torch.allclose(x.grad, torch.tensor([0.0, 0.8, 0.88, -0.8]))
+
+
 def test_hashgnn_estimator_is_identity_ste_through_tanh():
     x = torch.tensor([-9.0, 0.1, 2.0], requires_grad=True)
     g = torch.tensor([1.0, 2.0, 3.0])

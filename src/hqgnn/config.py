@@ -34,6 +34,7 @@ class Config:
     estimator: str = "gste"  # gste | ste (hqgnn); ste is the delta = 0 ablation
     scale_mode: str = "learned"  # learned (LSQ gradient, data-driven init) | calibrated (from batch statistics)
     fp_loss_weight: float = 0.0  # weight of an extra full-precision BPR term (ablation)
+    ste_window: float = 1.0  # the straight-through gradient passes where |x| <= window * the grid's range
     hutchinson_probes: int = 50
     hutchinson_tol: float = 1e-3
     hutchinson_batches: int = 3
@@ -88,6 +89,7 @@ class Config:
         need(self.estimator in ("gste", "ste"), "estimator", "gste | ste")
         need(self.scale_mode in ("learned", "calibrated"), "scale_mode", "learned | calibrated")
         need(self.fp_loss_weight >= 0, "fp_loss_weight", ">= 0")
+        need(self.ste_window >= 1, "ste_window", ">= 1")
         need(self.hutchinson_probes >= 1, "hutchinson_probes", ">= 1")
         need(self.hutchinson_tol >= 0, "hutchinson_tol", ">= 0")
         need(self.hutchinson_batches >= 1, "hutchinson_batches", ">= 1")

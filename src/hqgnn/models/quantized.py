@@ -36,8 +36,8 @@ class QuantizedModel(ScoringModel):
         super().__init__(encoder)
         self.cfg = cfg
         self.bits = bits
-        self.user_quantizer = Quantizer(bits, cfg.scale_mode, clip_gradient)
-        self.item_quantizer = Quantizer(bits, cfg.scale_mode, clip_gradient)
+        self.user_quantizer = Quantizer(bits, cfg.scale_mode, clip_gradient, cfg.ste_window)
+        self.item_quantizer = Quantizer(bits, cfg.scale_mode, clip_gradient, cfg.ste_window)
         self.uses_hessian = cfg.model == "hqgnn" and cfg.estimator == "gste"
         self.soft_probability = 0.0
 

@@ -58,19 +58,23 @@ def unsigned_to_codes(c: torch.Tensor, bits: int) -> torch.Tensor:
 class GSTEQuantize(torch.autograd.Function):
     """x_hat = Q_b(x; s). Backward: the GSTE for x, the LSQ gradient for s.
 
-    d L / d x = g * (1 + delta * sign(g) * (z - k / 2))   inside |z| <= 2^(b-1), else 0,
+    d L / d x = g * (1 + delta * sign(g) * (z - k / 2))   inside |z| <= w 2^(b-1), else 0,
     with z - k/2 the quantization error in units of the step s (so delta is
-    scale-free). delta = 0 is the clipped straight-through estimator.
+    scale-free; held within +-1/2 beyond the grid). delta = 0 is the clipped
+    straight-through estimator. The window w (setting ``ste_window``, default 1)
+    is the clipping range in units of the grid's range.
     ``clip_gradient=False`` is HashGNN's estimator: codes sign(tanh(z)) with the identity
     STE across the sign, i.e. d L / d x = g * (1 - tanh(z)^2), no hard clipping.
     """
 
     @staticmethod
-    def forward(ctx, x, scale, bits: int, delta: float, clip_gradient: bool = True, scale_grad_factor: float = 1.0):
+    def forward(ctx, x, scale, bits: int, delta: float, clip_gradient: bool = True, scale_grad_factor: float = 1.0,
+                window: float = 1.0):
         z = x / scale
         k = grid_codes(z, bits)
         ctx.save_for_backward(z, k, scale)
         ctx.bits, ctx.delta, ctx.clip, ctx.sgf = bits, float(delta), clip_gradient, scale_grad_factor
+        ctx.window = float(window)
         return scale * k * 0.5
 
     @staticmethod
@@ -80,9 +84,11 @@ class GSTEQuantize(torch.autograd.Function):
         limit = float(2 ** (ctx.bits - 1))
         inside = (z.abs() <= limit).to(g.dtype)
         if ctx.clip:
-            factor = inside
+            # the gradient passes inside the window (``window`` times the grid's range; 1 is
+            # the clipped STE), the error term stays within half a step beyond the grid
+            factor = inside if ctx.window == 1.0 else (z.abs() <= limit * ctx.window).to(g.dtype)
             if ctx.delta != 0.0:
-                factor = factor * (1.0 + ctx.delta * torch.sign(g) * (z - half))
+                factor = factor * (1.0 + ctx.delta * torch.sign(g) * (z - half).clamp(-0.5, 0.5))
             grad_x = g * factor
         else:
             # HashGNN: codes are sign(tanh(z)) and the identity STE crosses the sign only,
@@ -93,14 +99,15 @@ class GSTEQuantize(torch.autograd.Function):
             # LSQ: d x_hat / d s = k/2 - z inside the range, k/2 (the clipped level) outside
             dxs = half - z * inside
             grad_s = (g * dxs).sum().reshape(scale.shape) * ctx.sgf
-        return grad_x, grad_s, None, None, None, None
+        return grad_x, grad_s, None, None, None, None, None
 
 
 class Quantizer(nn.Module):
     """Q_b for one embedding table (users or items) with its own step s and GSTE delta."""
 
-    def __init__(self, bits: int, scale_mode: str = "learned", clip_gradient: bool = True):
+    def __init__(self, bits: int, scale_mode: str = "learned", clip_gradient: bool = True, window: float = 1.0):
         super().__init__()
+        self.window = float(window)
         if not 1 <= bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {bits}")
         self.bits = bits
@@ -127,7 +134,7 @@ class Quantizer(nn.Module):
                 self.scale.copy_(self.calibrated_scale(x))
                 self.initialized.fill_(True)
         sgf = 1.0 / math.sqrt(x.numel() * max(2 ** (self.bits - 1) - 0.5, 0.5))
-        return GSTEQuantize.apply(x, self.scale, self.bits, float(self.delta), self.clip_gradient, sgf)
+        return GSTEQuantize.apply(x, self.scale, self.bits, float(self.delta), self.clip_gradient, sgf, self.window)
 
     @property
     def step(self) -> float:
