@@ -35,6 +35,16 @@ def test_grid_expansion_orders_post_hoc_last(tmp_path):
     assert {c.label for c in cells} == {"lightgcn", "hqgnn-b1", "hqgnn-b2", "hashgnn-b1", "lsh-b1"}
 
 
+def test_named_variants_get_their_own_cells_and_settings(tmp_path):
+    cells = expand_cells(load_experiment(_write(tmp_path, cells=[
+        {"model": "hqgnn", "bits": 1},
+        {"model": "hqgnn", "bits": 1, "name": "hqgnn-wide", "settings": {"ste_window": 3}}])))
+    assert sorted(c.label for c in cells) == ["hqgnn-b1", "hqgnn-b1", "hqgnn-wide-b1", "hqgnn-wide-b1"]
+    wide = [c for c in cells if c.name == "hqgnn-wide"]
+    assert all(c.model == "hqgnn" and dict(c.settings)["ste_window"] == 3 for c in wide)
+    assert len({c.run_dir(tmp_path) for c in cells}) == 4
+
+
 def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
     path = _write(tmp_path)
     assert main(["experiment", str(path), "--quiet"]) == 0

@@ -13,6 +13,7 @@ An experiment file::
       - {model: hqgnn, bits: [1, 2, 4, 8]}
       - {model: ste, bits: [1, 2, 4]}
       - {model: lsh}                     # post-hoc: uses the lightgcn cell of the same seed
+      - {model: hqgnn, bits: 1, name: hqgnn-w2, settings: {ste_window: 2}}   # a named variant
     reference: {model: hashgnn, bits: 1} # paired tests against this cell
     metrics: [recall@50, ndcg@50]
 
@@ -53,10 +54,15 @@ class Cell:
     seed: int
     config: Optional[str]
     settings: tuple
+    name: Optional[str] = None  # a variant's display name (same model, other settings)
+
+    @property
+    def display(self) -> str:
+        return self.name or self.model
 
     @property
     def label(self) -> str:
-        return self.model if self.bits is None else f"{self.model}-b{self.bits}"
+        return self.display if self.bits is None else f"{self.display}-b{self.bits}"
 
     def run_dir(self, out: Path) -> Path:
         return out / self.dataset / self.label / f"seed{self.seed}"
@@ -113,6 +119,7 @@ def expand_cells(spec: dict) -> list[Cell]:
                             seed=int(seed),
                             config=_resolve(base, entry.get("config", spec.get("config"))),
                             settings=tuple(sorted(extra.items())),
+                            name=entry.get("name"),
                         )
                     )
     # full-precision runs first: post-hoc cells quantize them
@@ -180,7 +187,7 @@ def collect(cells: list[Cell], out: Path) -> list[dict]:
         if not f.is_file():
             continue
         m = json.loads(f.read_text())
-        rows.append({"dataset": c.dataset, "model": c.model, "bits": c.bits if c.bits is not None else 32, "seed": c.seed, **m})
+        rows.append({"dataset": c.dataset, "model": c.display, "bits": c.bits if c.bits is not None else 32, "seed": c.seed, **m})
     return rows
 
 
