@@ -63,7 +63,7 @@ def test_all_kernels_agree(bits):
     users, items = make_codes(bits, seed=10 + bits)
     train = make_train(3)
     results = []
-    for kernel in ("bitplane", "bitplane-numpy", "gemm", "int32-mm"):
+    for kernel in ("bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm"):
         index = QuantizedIndex.from_codes(items, bits, user_codes=users, train=train, kernel=kernel)
         results.append(index.search(k=30, exclude="train"))
     for items_k, scores_k in results[1:]:
@@ -180,3 +180,9 @@ def test_bad_requests_raise_clear_errors():
         item_only.search([0], k=3)
     for message in [str(e) for e in (RetrievalError("x"),)]:
         assert "\n" not in message
+
+
+def test_int8_kernel_refuses_eight_bit_codes():
+    users, items = make_codes(8, seed=1)
+    with pytest.raises(ConfigError, match="int8-mm"):
+        QuantizedIndex.from_codes(items, 8, user_codes=users, kernel="int8-mm")

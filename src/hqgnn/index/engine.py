@@ -32,7 +32,7 @@ from .select import csr_rows
 
 EXACT = "exact"
 FAISS_BACKENDS = ("faiss-flat", "faiss-hnsw", "faiss-ivf")
-QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int32-mm")
+QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm")
 
 #: Default kernel per bit width, chosen from benchmarks/retrieval.py on a 2-core AVX2 CPU:
 #: XOR + popcount wins for 1 bit; for 2..8 bits the float-unit GEMM of exact small
@@ -406,8 +406,10 @@ class QuantizedIndex(_Index):
     a user is the ranking of the dequantized float scores.
 
     ``kernel`` (exact backend): ``"auto"`` (:data:`DEFAULT_KERNEL`), ``"bitplane"``
-    (XOR + popcount, integer-only), ``"gemm"`` (float-unit GEMM of exact small
-    integers), ``"int32-mm"`` (torch integer matmul).
+    (XOR + popcount, integer-only; compiled and fused with the selection when numba
+    loads), ``"bitplane-numpy"`` (the same on numpy ufuncs), ``"gemm"`` (float-unit
+    GEMM of exact small integers), ``"int8-mm"`` (int8 x int8 -> int32 matrix
+    products, b <= 7), ``"int32-mm"`` (torch integer matmul).
     """
 
     def __init__(self, item_codes: np.ndarray, bits: int, *, user_codes: Optional[np.ndarray] = None,
@@ -439,6 +441,8 @@ class QuantizedIndex(_Index):
         if kernel not in QUANTIZED_KERNELS:
             raise ConfigError(f"kernel={kernel!r} is unknown (choose from {', '.join(QUANTIZED_KERNELS)})")
         self.kernel_name = DEFAULT_KERNEL[self.bits] if kernel == "auto" else kernel
+        if self.kernel_name == "int8-mm" and self.bits > 7:
+            raise ConfigError(f"kernel='int8-mm' holds codes of up to 7 bits (int8 levels), got bits={self.bits}")
         self.user_scale, self.item_scale = float(user_scale), float(item_scale)
         self._kernel_obj = None
         self._codes_cache: dict = {}
@@ -518,6 +522,8 @@ class QuantizedIndex(_Index):
                                                  compiled=self.kernel_name == "bitplane")
             elif self.kernel_name == "gemm":
                 self._kernel_obj = K.CodeGemmKernel(self.item_codes(), self.bits)
+            elif self.kernel_name == "int8-mm":
+                self._kernel_obj = K.Int8MatmulKernel(self.item_codes(), self.bits)
             else:
                 self._kernel_obj = K.IntMatmulKernel(self.item_codes(), self.bits)
         return self._kernel_obj
