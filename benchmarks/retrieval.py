@@ -193,11 +193,16 @@ def main_section(train, rows, tables, args, tmpdir):
     return rows_out, results, float_best
 
 
+KERNELS = ("bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm")
+
+
 def kernel_section(train, rows, tables, args):
     methods = []
     for b in BITS:
         uc, ic = tables[b]
-        for kernel in ("bitplane", "gemm", "int32-mm"):
+        for kernel in KERNELS:
+            if kernel == "int8-mm" and b > 7:
+                continue
             methods.append(((b, kernel), QuantizedIndex.from_codes(ic, b, user_codes=uc, train=train, kernel=kernel)))
     best = interleaved(methods, args.repeat, lambda idx: run_queries(idx, rows, args.k, args.batch, args.threads))
     out = [{"bits": b, "kernel": kernel, "qps": len(rows) / best[(b, kernel)][0], "n": len(rows)}
@@ -322,7 +327,10 @@ def report(args, env, main_rows, kernel_rows, faiss_rows, big_rows, n_users, n_i
         "| bits | kernel | arithmetic | queries/s |",
         "|---|---|---|---:|",
     ]
-    arith = {"bitplane": "integer-only (XOR + popcount)", "gemm": "exact small integers in float32 sgemm",
+    arith = {"bitplane": "integer-only (XOR + popcount), compiled, fused with the selection",
+             "bitplane-numpy": "integer-only (XOR + popcount), numpy ufuncs",
+             "gemm": "exact small integers in float32 sgemm",
+             "int8-mm": "integer-only (int8 x int8 -> int32, torch._int_mm)",
              "int32-mm": "integer-only (torch int32 matmul)"}
     for r in kernel_rows:
         default = " (default)" if DEFAULT_KERNEL[r["bits"]] == r["kernel"] else ""

@@ -107,3 +107,32 @@ def test_user_with_every_item_raises():
     m[2, :] = 1
     with pytest.raises(DataError, match="user 2 has every item"):
         TripleSampler(sp.csr_matrix(m))
+
+
+def test_several_negative_candidates_per_positive_avoid_training_items():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    train = sp.random(30, 12, density=0.4, random_state=1, format="csr")
+    train.data[:] = 1
+    sampler = TripleSampler(train)
+    u, p, n = sampler.epoch(rng, 5)
+    assert n.shape == (train.nnz, 5)
+    dense = train.toarray() > 0
+    assert dense[u, p].all()
+    assert not dense[np.repeat(u, 5), n.reshape(-1)].any()
+
+
+def test_choose_negatives_hard_picks_the_top_scored_candidate():
+    import torch
+
+    from hqgnn.models.base import choose_negatives
+
+    U = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    I = torch.tensor([[0.1, 0.0], [0.9, 0.2], [0.5, 3.0], [0.0, -1.0]])
+    users, pos = torch.tensor([0, 1]), torch.tensor([0, 0])
+    cand = torch.tensor([[3, 1, 2], [1, 3, 2]])
+    _, _, hard = choose_negatives(U, I, users, pos, cand, "hard")
+    assert hard.tolist() == [1, 2]  # user 0 scores item 1 highest (0.9), user 1 item 2 (3.0)
+    u, p, uni = choose_negatives(U, I, users, pos, cand, "uniform")
+    assert u.tolist() == [0, 0, 0, 1, 1, 1] and uni.tolist() == [3, 1, 2, 1, 3, 2] and p.tolist() == [0] * 6

@@ -51,6 +51,8 @@ class Config:
     lr_schedule: str = "constant"  # constant | cosine (from lr down to lr * lr_min_ratio over `epochs`)
     lr_min_ratio: float = 0.01
     weight_decay: float = 1e-4
+    negatives: int = 1  # negative candidates drawn per positive
+    negative_sampling: str = "uniform"  # uniform (BPR over every candidate) | hard (the top-scored candidate)
     max_train_seconds: Optional[float] = None
     eval_every: int = 10
     eval_split: str = "valid"  # split monitored during training: valid (if any) or test
@@ -90,6 +92,8 @@ class Config:
         need(self.scale_mode in ("learned", "calibrated"), "scale_mode", "learned | calibrated")
         need(self.fp_loss_weight >= 0, "fp_loss_weight", ">= 0")
         need(self.ste_window >= 1, "ste_window", ">= 1")
+        need(isinstance(self.negatives, int) and self.negatives >= 1, "negatives", "an integer >= 1")
+        need(self.negative_sampling in ("uniform", "hard"), "negative_sampling", "uniform | hard")
         need(self.hutchinson_probes >= 1, "hutchinson_probes", ">= 1")
         need(self.hutchinson_tol >= 0, "hutchinson_tol", ">= 0")
         need(self.hutchinson_batches >= 1, "hutchinson_batches", ">= 1")

@@ -1,5 +1,5 @@
 """BPR triples sampled in bulk: every training interaction once per epoch, one
-uniformly drawn negative per positive, negatives that the user has in training
+uniformly drawn negative (or n candidates) per positive, negatives that the user has in training
 rejected and redrawn (vectorised over the rejected entries only)."""
 
 from __future__ import annotations
@@ -39,8 +39,11 @@ class TripleSampler:
             bad = bad[self.is_positive(users[bad], neg[bad])]
         return neg
 
-    def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(users, positives, negatives) for one epoch, in a random order."""
+    def epoch(self, rng: np.random.Generator, n_negatives: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(users, positives, negatives) for one epoch, in a random order; with
+        ``n_negatives > 1`` the negatives are an ``(E, n)`` array of candidates per positive."""
         order = rng.permutation(len(self.users))
         u, p = self.users[order], self.items[order]
-        return u, p, self.negatives(u, rng)
+        if n_negatives == 1:
+            return u, p, self.negatives(u, rng)
+        return u, p, self.negatives(np.repeat(u, n_negatives), rng).reshape(len(u), n_negatives)

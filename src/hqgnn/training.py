@@ -179,7 +179,7 @@ class Trainer:
     # ------------------------------------------------------------ loop
     def _epoch_samples(self, epoch: int):
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        return self.sampler.epoch(rng)
+        return self.sampler.epoch(rng, self.cfg.negatives)
 
     def _log(self, entry: dict) -> None:
         self.history.append(entry)
@@ -236,8 +236,8 @@ class Trainer:
                 for start in range(0, len(users), cfg.batch_size):
                     sl = slice(start, start + cfg.batch_size)
                     bu, bp, bn = u_t[sl], p_t[sl], n_t[sl]
-                    loss, _ = self.model.loss(self.adj, bu, bp, bn)
-                    reg = self.model.encoder.l2_penalty(bu, bp, bn)
+                    loss, info = self.model.loss(self.adj, bu, bp, bn)
+                    reg = self.model.encoder.l2_penalty(*info["triples"])
                     total = loss + cfg.weight_decay * reg
                     self.optimizer.zero_grad(set_to_none=True)
                     total.backward()

@@ -16,7 +16,7 @@ def build_encoder(cfg: Config, n_users: int, n_items: int) -> LightGCN:
 def build_model(cfg: Config, n_users: int, n_items: int) -> ScoringModel:
     encoder = build_encoder(cfg, n_users, n_items)
     if cfg.model in ("lightgcn", "mf"):
-        return ScoringModel(encoder)
+        return ScoringModel(encoder, cfg.negative_sampling)
     from .quantized import build_quantized_model
 
     return build_quantized_model(cfg, encoder)

@@ -64,14 +64,33 @@ def gathered_bpr_loss(user_table, item_table, users, pos, neg) -> torch.Tensor:
     return _GatheredBPR.apply(user_table, item_table, users, pos, neg)
 
 
+def choose_negatives(user_table, item_table, users, pos, neg, mode: str = "uniform"):
+    """The (users, pos, neg) triples the BPR loss runs on, from ``neg`` of shape (B,) or (B, n).
+
+    One negative per positive passes through. With ``n`` candidates per positive,
+    ``uniform`` keeps them all (the loss averages over n triples per positive) and
+    ``hard`` keeps the candidate the model currently scores highest (dynamic negative
+    sampling, Zhang et al., SIGIR 2013), chosen without gradient."""
+    if neg.dim() == 1:
+        return users, pos, neg
+    if mode == "hard":
+        with torch.no_grad():
+            scores = torch.einsum("bd,bnd->bn", user_table.detach()[users], item_table.detach()[neg])
+            neg = neg.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
+        return users, pos, neg
+    n = neg.shape[1]
+    return users.repeat_interleave(n), pos.repeat_interleave(n), neg.reshape(-1)
+
+
 class ScoringModel(nn.Module):
     """Base class: full-precision LightGCN scoring (subclasses quantize)."""
 
     quantized = False
 
-    def __init__(self, encoder: LightGCN):
+    def __init__(self, encoder: LightGCN, negative_sampling: str = "uniform"):
         super().__init__()
         self.encoder = encoder
+        self.negative_sampling = negative_sampling
 
     @property
     def n_users(self) -> int:
@@ -90,8 +109,11 @@ class ScoringModel(nn.Module):
         return self.encoder(adj)
 
     def loss(self, adj, users, pos, neg) -> tuple[torch.Tensor, dict]:
+        """BPR loss of a batch and ``{"triples": (users, pos, neg)}``, the triples it ran on
+        (``neg`` may hold several candidates per positive: :func:`choose_negatives`)."""
         u_all, i_all = self.scoring_embeddings(adj)
-        return gathered_bpr_loss(u_all, i_all, users, pos, neg), {}
+        users, pos, neg = choose_negatives(u_all, i_all, users, pos, neg, self.negative_sampling)
+        return gathered_bpr_loss(u_all, i_all, users, pos, neg), {"triples": (users, pos, neg)}
 
     def on_epoch_start(self, epoch: int, context) -> dict:
         """Hook for per-epoch schedules (GSTE delta, HashGNN's soft probability); returns log entries."""

@@ -23,7 +23,7 @@ import torch
 
 from ..config import Config
 from ..errors import CheckpointError
-from .base import ScoringModel, bpr_loss, gathered_bpr_loss
+from .base import ScoringModel, bpr_loss, choose_negatives, gathered_bpr_loss
 from .encoder import LightGCN
 from .hutchinson import hutchinson_trace
 from .quantizer import Quantizer
@@ -33,7 +33,7 @@ class QuantizedModel(ScoringModel):
     quantized = True
 
     def __init__(self, encoder: LightGCN, cfg: Config, bits: int, clip_gradient: bool = True):
-        super().__init__(encoder)
+        super().__init__(encoder, cfg.negative_sampling)
         self.cfg = cfg
         self.bits = bits
         self.user_quantizer = Quantizer(bits, cfg.scale_mode, clip_gradient, cfg.ste_window)
@@ -58,10 +58,11 @@ class QuantizedModel(ScoringModel):
     def loss(self, adj, users, pos, neg):
         u, i = self.encoder(adj)
         uq, iq = self.quantize(u, i)
+        users, pos, neg = choose_negatives(uq, iq, users, pos, neg, self.negative_sampling)
         loss = gathered_bpr_loss(uq, iq, users, pos, neg)
         if self.cfg.fp_loss_weight > 0:
             loss = loss + self.cfg.fp_loss_weight * gathered_bpr_loss(u, i, users, pos, neg)
-        return loss, {}
+        return loss, {"triples": (users, pos, neg)}
 
     # ------------------------------------------------------------ schedules
     def on_epoch_start(self, epoch: int, context) -> dict:
