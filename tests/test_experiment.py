@@ -43,6 +43,8 @@ def test_named_variants_get_their_own_cells_and_settings(tmp_path):
     wide = [c for c in cells if c.name == "hqgnn-wide"]
     assert all(c.model == "hqgnn" and dict(c.settings)["ste_window"] == 3 for c in wide)
     assert len({c.run_dir(tmp_path) for c in cells}) == 4
+    one_seed = expand_cells(load_experiment(_write(tmp_path, cells=[{"model": "ste", "bits": 2, "seeds": [7]}])))
+    assert [c.seed for c in one_seed] == [7]
 
 
 def test_experiment_runs_reports_and_resumes(tmp_path, capsys):

@@ -14,6 +14,7 @@ An experiment file::
       - {model: ste, bits: [1, 2, 4]}
       - {model: lsh}                     # post-hoc: uses the lightgcn cell of the same seed
       - {model: hqgnn, bits: 1, name: hqgnn-w2, settings: {ste_window: 2}}   # a named variant
+      - {model: ste, bits: 2, seeds: [1]}  # a cell's own seeds
     reference: {model: hashgnn, bits: 1} # paired tests against this cell
     metrics: [recall@50, ndcg@50]
 
@@ -107,7 +108,7 @@ def expand_cells(spec: dict) -> list[Cell]:
             else:
                 bits_list = [None]
             for bits in bits_list:
-                for seed in spec["seeds"]:
+                for seed in entry.get("seeds", spec["seeds"]):
                     extra = dict(spec.get("settings") or {})
                     extra.update(entry.get("settings") or {})
                     cells.append(
