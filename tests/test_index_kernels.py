@@ -217,3 +217,16 @@ def test_compiled_plane_kernel_is_used_and_sorts_exclusions():
     assert got.tolist() == [2, 5, 9, 1, 7]
     already = np.array([2, 5, 9, 1, 7])
     assert compiled.sorted_exclusion(indptr, already).tolist() == already.tolist()
+
+
+def test_compiled_search_from_several_python_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    items, users = random_codes(rng, 3000, 64, 1), random_codes(rng, 40, 64, 1)
+    kernel = K.PlaneKernel(pack_codes(items, 1), 1, 64)
+    want = K.search_topk(kernel, pack_codes(users, 1), 20, threads=2)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: K.search_topk(kernel, pack_codes(users, 1), 20, threads=2), range(8)))
+    for items_k, scores_k in got:
+        assert np.array_equal(items_k, want[0]) and np.array_equal(scores_k, want[1])

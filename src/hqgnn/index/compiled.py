@@ -26,6 +26,8 @@ Per query (cost ``C = sum_{j,l} 2^(j+l) popcount(u_j XOR i_l)``, lower is better
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 try:  # numba is a dependency; the numpy kernels remain the fallback where it cannot load
@@ -36,6 +38,10 @@ except Exception:  # pragma: no cover - exercised only without numba
     numba = None
 
 BLOCK = 512          # items whose costs are computed at once (a 2 KiB int32 buffer)
+
+# numba's default thread pool (workqueue) must not be entered by two Python threads
+# at once; every call already spreads over all cores, so calls simply take turns
+_LAUNCH = threading.Lock()
 PAD_SCORE = np.iinfo(np.int32).min
 
 
@@ -195,12 +201,13 @@ class FusedPlaneSearch:
         if nq == 0:
             return out_items, out_scores
         threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            n_chunks = min(nq, 8 * threads)
-            _plane_topk(q, self.items, self.sample, self.sample_stride, k, indptr, indices,
-                        self.max_cost, n_chunks, out_items, out_scores)
-        finally:
-            numba.set_num_threads(previous)
+        with _LAUNCH:
+            previous = numba.get_num_threads()
+            numba.set_num_threads(threads)
+            try:
+                n_chunks = min(nq, 8 * threads)
+                _plane_topk(q, self.items, self.sample, self.sample_stride, k, indptr, indices,
+                            self.max_cost, n_chunks, out_items, out_scores)
+            finally:
+                numba.set_num_threads(previous)
         return out_items, out_scores
