@@ -100,3 +100,13 @@ def test_shards_split_the_grid_and_a_plain_run_finishes_it(tmp_path):
     assert not (out / "lightgcn" / "seed1").exists()
     assert main(["experiment", str(path), "--quiet"]) == 0
     assert all((out / d / "seed1" / "metrics.json").is_file() for d in ("lightgcn", "hqgnn-b1", "lsh-b1"))
+
+
+def test_seeds_option_runs_only_those_seeds(tmp_path):
+    path = _write(tmp_path, seeds=[1, 2], cells=[{"model": "hqgnn", "bits": 1}])
+    out = tmp_path / "out" / "syn" / "hqgnn-b1"
+    assert main(["experiment", str(path), "--quiet", "--seeds", "2"]) == 0
+    assert (out / "seed2" / "metrics.json").is_file() and not (out / "seed1").exists()
+    assert main(["experiment", str(path), "--quiet", "--seeds", "9"]) == 2  # no such cell: one-line error
+    assert main(["experiment", str(path), "--quiet"]) == 0
+    assert (out / "seed1" / "metrics.json").is_file()

@@ -136,7 +136,7 @@ def cmd_serve(args) -> int:
 def cmd_experiment(args) -> int:
     from .experiment import run_experiment
 
-    run_experiment(args.file, out_dir=args.out, progress=not args.quiet, shard=args.shard)
+    run_experiment(args.file, out_dir=args.out, progress=not args.quiet, shard=args.shard, seeds=args.seeds)
     return 0
 
 
@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("file", help="experiment YAML")
     g.add_argument("--out", help="output folder (default: from the file)")
     g.add_argument("--shard", help="K/N: run every N-th cell starting at the K-th (parallel workers; rerun without it to finish)")
+    g.add_argument("--seeds", type=int, nargs="+", help="run only the cells of these seeds (a first look; rerun without it to finish)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_experiment)
     return p

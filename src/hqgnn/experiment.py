@@ -150,8 +150,10 @@ def parse_shard(text: Optional[str]) -> tuple[int, int]:
     return k - 1, n
 
 
-def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, shard: Optional[str] = None) -> Path:
-    """Run the unfinished cells (of one shard, for parallel workers) and write the report."""
+def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, shard: Optional[str] = None,
+                   seeds: Optional[list[int]] = None) -> Path:
+    """Run the unfinished cells (of one shard, for parallel workers; of some seeds only, for a
+    first look) and write the report of every finished cell."""
     from .api import Recommender, prepare_data
 
     spec = load_experiment(path)
@@ -160,7 +162,10 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
     all_cells = expand_cells(spec)
     configs = [cell_config(c, out) for c in all_cells]  # validate every cell before running any
     index, count = parse_shard(shard)
-    mine = [(c, cfg) for j, (c, cfg) in enumerate(zip(all_cells, configs)) if j % count == index]
+    chosen = [(c, cfg) for c, cfg in zip(all_cells, configs) if seeds is None or c.seed in seeds]
+    if not chosen:
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds or []))}: no cell of {path} has these seeds")
+    mine = [pair for j, pair in enumerate(chosen) if j % count == index]
     data_cache: dict = {}
     bar = tqdm(total=len(mine), desc=f"experiment {spec['name']}", unit="run", disable=not progress)
     for cell, cfg in mine:
