@@ -29,7 +29,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from hqgnn.export import ArtifactRecommender, export_run  # noqa: E402
 from hqgnn.index.artifact import read_artifact  # noqa: E402
-from hqgnn.serving import create_app  # noqa: E402
+from hqgnn.serving import Recommendation, Similar, create_app  # noqa: E402
 
 HOST = "127.0.0.1"
 N_USERS, N_ITEMS, DIM = 200, 150, 16
@@ -135,6 +135,8 @@ def test_recommend_get_matches_engine_and_excludes_seen(server, reference):
         r = server.get("/recommend", params={"user": user, "k": 10})
         assert r.status_code == 200, r.text
         body = r.json()
+        assert r.headers["content-type"] == "application/json"
+        assert Recommendation.model_validate(body).model_dump(exclude_none=True) == body  # the documented schema
         assert body["user"] == user and "fallback" not in body
         assert len(body["items"]) == 10 == len(set(body["items"]))
         assert body["scores"] == sorted(body["scores"], reverse=True)
@@ -165,6 +167,7 @@ def test_similar(server, reference):
     r = server.get("/similar", params={"item": item, "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
+    assert Similar.model_validate(body).model_dump() == body
     assert body["item"] == item and len(body["items"]) == 5 and item not in body["items"]
     assert body["items"] == reference["quantized"]["rec"].similar(item, k=5)["items"]
 
