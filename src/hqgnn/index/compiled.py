@@ -14,14 +14,17 @@ Per query (cost ``C = sum_{j,l} 2^(j+l) popcount(u_j XOR i_l)``, lower is better
 ``<k_u, k_i> = d m^2 - 2 C``):
 
 1. a threshold ``t`` from every ``stride``-th item: the cost of the sample item of rank
-   ``ceil((k + seen) / stride) + 1``, so about ``k + seen + 2 stride`` items pass;
+   ``floor((k + seen) / stride) + 3`` (found by counting when the costs take few values),
+   so about ``k + seen + 3 stride`` items pass;
 2. one pass over the items: costs of 512 items at a time (vectorised by the compiler:
-   AVX2 popcount by table lookup), items with ``C <= t`` appended in index order;
-3. the query's excluded items (sorted) are removed by a merge, and if ``k`` or more
-   candidates remain, a stable sort by cost gives the top-k with ties to the lower
-   index. Every item with a cost at or below the k-th best is a candidate, so this is
-   exact. Otherwise (rare: the sample misjudged the threshold) the query is rescored
-   in full and selected exactly.
+   ``vpopcntq`` where the CPU has AVX-512 VPOPCNTDQ, a table lookup on AVX2), items with
+   ``C <= t`` appended in index order;
+3. the query's excluded items (sorted) are removed by a merge. Every item with a cost at
+   or below the k-th best is a candidate, so if ``k`` or more remain the top-k is exact.
+   Otherwise (about 1 query in 100: the sample misjudged the threshold) the query is
+   scored in full and the exact k-th cost becomes the threshold (a counting select or a
+   partition: linear, not a full sort);
+4. a stable sort of the candidates by cost gives the top-k with ties to the lower index.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ except Exception:  # pragma: no cover - exercised only without numba
     numba = None
 
 BLOCK = 512          # items whose costs are computed at once (a 2 KiB int32 buffer)
+# thresholds over fewer distinct costs than this are found by counting (d = 64: 1 to 3 bits)
+COUNTING_SELECT_MAX = 4096
 
 # numba's default thread pool (workqueue) must not be entered by two Python threads
 # at once; every call already spreads over all cores, so calls simply take turns
@@ -78,6 +83,22 @@ if numba is not None:
                     for i in range(n):
                         out[i] += np.int32(_popcount(qv ^ row[lo + i])) << s
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _kth_smallest(costs, n, rank, max_cost, hist):
+        """The value of rank ``rank`` (0-based) among ``costs[:n]``: a counting select when the
+        costs are small integers (``hist`` has ``max_cost + 1`` bins), else a partition."""
+        if hist.shape[0] > 0:
+            hist[:] = 0
+            for i in range(n):
+                hist[costs[i]] += 1
+            seen = 0
+            for v in range(max_cost + 1):
+                seen += hist[v]
+                if seen > rank:
+                    return v
+            return max_cost
+        return np.partition(costs[:n], rank)[rank]
+
     @njit(cache=True, nogil=True, parallel=True)
     def _plane_topk(q, items, sample, stride, k, ex_indptr, ex_indices, max_cost, n_chunks,
                     out_items, out_scores):
@@ -85,6 +106,7 @@ if numba is not None:
         N = items.shape[2]
         ns = sample.shape[2]
         sentinel = np.int32(max_cost + 1)
+        n_bins = max_cost + 2 if max_cost < COUNTING_SELECT_MAX else 0
         for chunk in prange(n_chunks):
             r_lo = chunk * R // n_chunks
             r_hi = (chunk + 1) * R // n_chunks
@@ -92,18 +114,19 @@ if numba is not None:
             samp = np.empty(max(ns, 1), np.int32)
             cand_i = np.empty(N, np.int64)
             cand_c = np.empty(N, np.int32)
+            hist = np.empty(n_bins, np.int64)
             full = np.empty(0, np.int32)
             for r in range(r_lo, r_hi):
                 qr = q[r]
                 s0 = ex_indptr[r]
                 s1 = ex_indptr[r + 1]
                 need = k + (s1 - s0)
-                done = False
-                rank = need // stride + 2
+                m = 0
+                rank = need // stride + 3
                 if rank < ns:
                     # 1. threshold from the sample
                     _block_costs(qr, sample, 0, ns, samp)
-                    t = np.partition(samp, rank)[rank]
+                    t = _kth_smallest(samp, ns, rank, max_cost, hist)
                     # 2. one pass: keep the items at or below the threshold, in index order
                     n = 0
                     for blo in range(0, N, BLOCK):
@@ -114,8 +137,7 @@ if numba is not None:
                                 cand_i[n] = blo + i
                                 cand_c[n] = buf[i]
                                 n += 1
-                    # 3. drop excluded items (both lists ascending), then a stable sort by cost
-                    m = 0
+                    # 3. drop excluded items (both lists ascending)
                     p = s0
                     for c in range(n):
                         it = cand_i[c]
@@ -126,15 +148,9 @@ if numba is not None:
                         cand_i[m] = it
                         cand_c[m] = cand_c[c]
                         m += 1
-                    if m >= k:
-                        order = np.argsort(cand_c[:m], kind="mergesort")
-                        for c in range(k):
-                            o = order[c]
-                            out_items[r, c] = cand_i[o]
-                            out_scores[r, c] = np.int32(max_cost - 2 * cand_c[o])
-                        done = True
-                if not done:
-                    # exact fallback: every item scored, excluded ones set past the largest cost
+                if m < k:
+                    # the sample misjudged the threshold (or the list is long): score every item,
+                    # excluded ones past the largest cost, and take the exact k-th cost as threshold
                     if full.shape[0] == 0:
                         full = np.empty(N, np.int32)
                     for blo in range(0, N, BLOCK):
@@ -143,15 +159,26 @@ if numba is not None:
                         full[blo:bhi] = buf[: bhi - blo]
                     for p in range(s0, s1):
                         full[ex_indices[p]] = sentinel
-                    order = np.argsort(full, kind="mergesort")
-                    for c in range(k):
+                    if n_bins > 0:
+                        t = _kth_smallest(full, N, min(k, N) - 1, max_cost + 1, hist)
+                    else:
+                        t = np.partition(full.copy(), min(k, N) - 1)[min(k, N) - 1]
+                    m = 0
+                    for i in range(N):
+                        if full[i] <= t and full[i] <= max_cost:
+                            cand_i[m] = i
+                            cand_c[m] = full[i]
+                            m += 1
+                # 4. a stable sort by cost: ties go to the lower item index
+                order = np.argsort(cand_c[:m], kind="mergesort")
+                for c in range(k):
+                    if c < m:
                         o = order[c]
-                        if full[o] > max_cost:
-                            out_items[r, c] = -1
-                            out_scores[r, c] = PAD_SCORE
-                        else:
-                            out_items[r, c] = o
-                            out_scores[r, c] = np.int32(max_cost - 2 * full[o])
+                        out_items[r, c] = cand_i[o]
+                        out_scores[r, c] = np.int32(max_cost - 2 * cand_c[o])
+                    else:
+                        out_items[r, c] = -1
+                        out_scores[r, c] = PAD_SCORE
 
 
 def sorted_exclusion(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:

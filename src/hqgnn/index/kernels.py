@@ -315,7 +315,9 @@ class Int8MatmulKernel:
             raise ValueError(f"int8 levels hold b <= 7 bits, got {bits}")
         self._torch = torch
         levels = (2 * np.asarray(codes, dtype=np.int16) - (2**bits - 1)).astype(np.int8)
-        self.items_t = torch.from_numpy(np.ascontiguousarray(levels.T))  # (d, N) int8
+        # a fresh copy, not ascontiguousarray: for d = 1 numpy keeps the transpose's strides
+        # (1, 1), which it calls contiguous but torch._int_mm then misreads
+        self.items_t = torch.from_numpy(levels.T.copy())  # (d, N) int8
         self.dim, self.n_items = self.items_t.shape
         self.bits = bits
         self.dtype = self.score_dtype = np.dtype(np.int32)
