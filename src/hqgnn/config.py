@@ -32,7 +32,7 @@ class Config:
     # quantization (models hqgnn, ste, hashgnn, lsh, ptq)
     bits: int = 4
     estimator: str = "gste"  # gste | ste (hqgnn); ste is the delta = 0 ablation
-    scale_mode: str = "learned"  # learned (LSQ gradient, data-driven init) | calibrated (from batch statistics)
+    scale_mode: str = "calibrated"  # calibrated (from each forward's statistics) | learned (LSQ gradient)
     fp_loss_weight: float = 0.0  # weight of an extra full-precision BPR term (ablation)
     ste_window: float = 1.0  # the straight-through gradient passes where |x| <= window * the grid's range
     hutchinson_probes: int = 50
