@@ -110,3 +110,15 @@ def test_seeds_option_runs_only_those_seeds(tmp_path):
     assert main(["experiment", str(path), "--quiet", "--seeds", "9"]) == 2  # no such cell: one-line error
     assert main(["experiment", str(path), "--quiet"]) == 0
     assert (out / "seed1" / "metrics.json").is_file()
+
+
+def test_report_keeps_named_variants_apart(tmp_path):
+    path = _write(tmp_path, seeds=[1], cells=[{"model": "hqgnn", "bits": 1},
+                                             {"model": "hqgnn", "bits": 1, "name": "hqgnn-wide",
+                                              "settings": {"ste_window": 2}}])
+    assert main(["experiment", str(path), "--quiet"]) == 0
+    report = tmp_path / "out" / "reports" / "tiny"
+    rows = (report / "results.csv").read_text().splitlines()
+    assert sorted(r.split(",")[1] for r in rows[1:]) == ["hqgnn", "hqgnn-wide"]
+    summary = (report / "summary.md").read_text()
+    assert "| hqgnn-wide | 1 | 1 |" in summary and "| hqgnn | 1 | 1 |" in summary

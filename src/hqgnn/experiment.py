@@ -193,7 +193,9 @@ def collect(cells: list[Cell], out: Path) -> list[dict]:
         if not f.is_file():
             continue
         m = json.loads(f.read_text())
-        rows.append({"dataset": c.dataset, "model": c.display, "bits": c.bits if c.bits is not None else 32, "seed": c.seed, **m})
+        # the cell's own fields last: metrics.json also names the model (a variant's base model)
+        rows.append({**m, "dataset": c.dataset, "model": c.display, "base_model": c.model,
+                     "bits": c.bits if c.bits is not None else 32, "seed": c.seed})
     return rows
 
 
