@@ -318,8 +318,9 @@ def report(args, env, main_rows, kernel_rows, faiss_rows, big_rows, n_users, n_i
     lines += [
         "",
         "Code bytes / item: the packed item codes (b bit planes of 8-byte words; float32: 4 d). The "
-        "bit-plane kernel reads exactly these; the GEMM kernel (b >= 2) keeps d = 64 uint8 codes per item "
-        "and widens 8,192 items at a time to float. Artifact: the whole exported file (user + item codes, "
+        "bit-plane kernel reads exactly these; the matrix-product kernels (gemm, int8-mm) keep d = 64 one-byte "
+        "levels per item in memory besides them (gemm widens 8,192 items at a time to float). Artifact: the "
+        "whole exported file (user + item codes, "
         "ids, training CSR, header), for this data set.",
         "",
         "Targets (issue) on this run, against the best float32 row "

@@ -34,10 +34,12 @@ EXACT = "exact"
 FAISS_BACKENDS = ("faiss-flat", "faiss-hnsw", "faiss-ivf")
 QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm")
 
-#: Default kernel per bit width, chosen from benchmarks/retrieval.py on a 2-core AVX2 CPU:
-#: XOR + popcount wins for 1 bit; for 2..8 bits the float-unit GEMM of exact small
-#: integers beats b^2 popcount passes and torch's int32 matmul.
-DEFAULT_KERNEL = {1: "bitplane", **{b: "gemm" for b in range(2, 9)}}
+#: Default kernel per bit width, chosen from the Kernels table of benchmarks/retrieval.py
+#: (Gowalla shape, top-50, 2-core AVX-512 CPU): the compiled XOR + popcount kernel for
+#: 1 and 2 bits (b^2 = 4 plane pairs still beat a matrix product at 2 bits), torch's
+#: int8 GEMM for 3..7 bits (integer-only, at or above the float-unit GEMM in every run),
+#: and the float-unit GEMM of exact small integers for 8 bits (levels up to 255 do not fit int8).
+DEFAULT_KERNEL = {1: "bitplane", 2: "bitplane", **{b: "int8-mm" for b in range(3, 8)}, 8: "gemm"}
 
 Exclude = Union[None, str, tuple, Any]
 
