@@ -86,7 +86,8 @@ if numba is not None:
     @njit(cache=True, nogil=True, inline="always")
     def _kth_smallest(costs, n, rank, max_cost, hist):
         """The value of rank ``rank`` (0-based) among ``costs[:n]``: a counting select when the
-        costs are small integers (``hist`` has ``max_cost + 1`` bins), else a partition."""
+        costs are small integers in ``0 .. max_cost`` (``hist`` has at least ``max_cost + 1``
+        bins), else (``hist`` empty) a partition, which works on a copy."""
         if hist.shape[0] > 0:
             hist[:] = 0
             for i in range(n):
@@ -159,10 +160,7 @@ if numba is not None:
                         full[blo:bhi] = buf[: bhi - blo]
                     for p in range(s0, s1):
                         full[ex_indices[p]] = sentinel
-                    if n_bins > 0:
-                        t = _kth_smallest(full, N, min(k, N) - 1, max_cost + 1, hist)
-                    else:
-                        t = np.partition(full.copy(), min(k, N) - 1)[min(k, N) - 1]
+                    t = _kth_smallest(full, N, min(k, N) - 1, max_cost + 1, hist)  # hist covers the sentinel
                     m = 0
                     for i in range(N):
                         if full[i] <= t and full[i] <= max_cost:
