@@ -201,8 +201,6 @@ def kernel_section(train, rows, tables, args):
     for b in BITS:
         uc, ic = tables[b]
         for kernel in KERNELS:
-            if kernel == "int8-mm" and b > 7:
-                continue
             methods.append(((b, kernel), QuantizedIndex.from_codes(ic, b, user_codes=uc, train=train, kernel=kernel)))
     best = interleaved(methods, args.repeat, lambda idx: run_queries(idx, rows, args.k, args.batch, args.threads))
     out = [{"bits": b, "kernel": kernel, "qps": len(rows) / best[(b, kernel)][0], "n": len(rows)}

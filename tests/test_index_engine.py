@@ -58,7 +58,7 @@ def test_topk_equals_dequantized_float_ranking(bits):
     assert not np.any(np.asarray(train[np.arange(N_USERS)[:, None], got].todense()))
 
 
-@pytest.mark.parametrize("bits", [1, 2, 5])
+@pytest.mark.parametrize("bits", [1, 2, 5, 8])
 def test_all_kernels_agree(bits):
     users, items = make_codes(bits, seed=10 + bits)
     train = make_train(3)
@@ -182,7 +182,13 @@ def test_bad_requests_raise_clear_errors():
         assert "\n" not in message
 
 
-def test_int8_kernel_refuses_eight_bit_codes():
+def test_int8_kernel_at_eight_bits_uses_shifted_levels():
+    """8-bit levels (-255 .. 255) do not fit int8: the kernel multiplies c - 128 and adds
+    the per-user and per-item terms; extreme codes (all 0, all 255) are where it would overflow."""
     users, items = make_codes(8, seed=1)
-    with pytest.raises(ConfigError, match="int8-mm"):
-        QuantizedIndex.from_codes(items, 8, user_codes=users, kernel="int8-mm")
+    users[0], items[0], items[1] = 255, 255, 0
+    want = QuantizedIndex.from_codes(items, 8, user_codes=users, kernel="gemm").search(k=20)
+    got = QuantizedIndex.from_codes(items, 8, user_codes=users, kernel="int8-mm").search(k=20)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    levels = lambda c: 2 * c.astype(np.int64) - 255  # noqa: E731
+    assert got[1][0, 0] == levels(users[0]) @ levels(items[0])

@@ -70,7 +70,7 @@ def kernels_for(codes, bits):
                            lambda q: pack_codes(q, bits)),
         "gemm": (K.CodeGemmKernel(codes, bits), lambda q: q),
         "int32-mm": (K.IntMatmulKernel(codes, bits), lambda q: q),
-        **({"int8-mm": (K.Int8MatmulKernel(codes, bits), lambda q: q)} if bits <= 7 else {}),
+        "int8-mm": (K.Int8MatmulKernel(codes, bits), lambda q: q),
     }
 
 

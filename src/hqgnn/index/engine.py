@@ -37,9 +37,9 @@ QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-mm", "i
 #: Default kernel per bit width, chosen from the Kernels table of benchmarks/retrieval.py
 #: (Gowalla shape, top-50, 2-core AVX-512 CPU): the compiled XOR + popcount kernel for
 #: 1 and 2 bits (b^2 = 4 plane pairs still beat a matrix product at 2 bits), torch's
-#: int8 GEMM for 3..7 bits (integer-only, at or above the float-unit GEMM in every run),
-#: and the float-unit GEMM of exact small integers for 8 bits (levels up to 255 do not fit int8).
-DEFAULT_KERNEL = {1: "bitplane", 2: "bitplane", **{b: "int8-mm" for b in range(3, 8)}, 8: "gemm"}
+#: int8 GEMM for 3..8 bits (integer-only, at or above the float-unit GEMM in every run;
+#: 8 bits through shifted levels, see :class:`hqgnn.index.kernels.Int8MatmulKernel`).
+DEFAULT_KERNEL = {1: "bitplane", 2: "bitplane", **{b: "int8-mm" for b in range(3, 9)}}
 
 Exclude = Union[None, str, tuple, Any]
 
@@ -443,8 +443,6 @@ class QuantizedIndex(_Index):
         if kernel not in QUANTIZED_KERNELS:
             raise ConfigError(f"kernel={kernel!r} is unknown (choose from {', '.join(QUANTIZED_KERNELS)})")
         self.kernel_name = DEFAULT_KERNEL[self.bits] if kernel == "auto" else kernel
-        if self.kernel_name == "int8-mm" and self.bits > 7:
-            raise ConfigError(f"kernel='int8-mm' holds codes of up to 7 bits (int8 levels), got bits={self.bits}")
         self.user_scale, self.item_scale = float(user_scale), float(item_scale)
         self._kernel_obj = None
         self._codes_cache: dict = {}

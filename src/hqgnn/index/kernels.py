@@ -297,9 +297,12 @@ class IntMatmulKernel:
 class Int8MatmulKernel:
     """Integer-only ``<k_u, k_i>`` by int8 x int8 -> int32 matrix products (``torch._int_mm``).
 
-    The odd levels fit int8 for ``b <= 7`` (``|k| <= 127``); every product and sum is
-    exact in int32 (``d m^2 < 2^31``). On CPUs with int8 multiply-add instructions
-    (AVX2 ``vpmaddubsw``, AVX-512 VNNI) the int8 GEMM does several times the
+    The odd levels ``k = 2c - (2^b - 1)`` fit int8 for ``b <= 7`` (``|k| <= 127``). At
+    8 bits they span -255 .. 255, so the kernel multiplies ``s = c - 128`` (int8) instead:
+    ``k = 2s + 1`` and ``<k_u, k_i> = 4 <s_u, s_i> + 2 sum(s_u) + 2 sum(s_i) + d``, the
+    last three terms a per-user and a per-item integer added to the product. Every
+    product and sum is exact in int32 (``d m^2 < 2^31``). On CPUs with int8 multiply-add
+    instructions (AVX2 ``vpmaddubsw``, AVX-512 VNNI) the int8 GEMM does several times the
     multiply-adds per instruction of float32 sgemm.
     """
 
@@ -311,19 +314,27 @@ class Int8MatmulKernel:
     def __init__(self, codes: np.ndarray, bits: int):
         import torch
 
-        if bits > 7:
-            raise ValueError(f"int8 levels hold b <= 7 bits, got {bits}")
+        if not 1 <= bits <= 8:
+            raise ValueError(f"int8 products hold b <= 8 bits, got {bits}")
         self._torch = torch
-        levels = (2 * np.asarray(codes, dtype=np.int16) - (2**bits - 1)).astype(np.int8)
+        self.bits = bits
+        self.shifted = bits == 8
+        levels = self._int8(codes)
         # a fresh copy, not ascontiguousarray: for d = 1 numpy keeps the transpose's strides
         # (1, 1), which it calls contiguous but torch._int_mm then misreads
         self.items_t = torch.from_numpy(levels.T.copy())  # (d, N) int8
         self.dim, self.n_items = self.items_t.shape
-        self.bits = bits
+        self.item_bias = 2 * levels.sum(axis=1, dtype=np.int32) if self.shifted else None
         self.dtype = self.score_dtype = np.dtype(np.int32)
 
+    def _int8(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, dtype=np.int16)
+        if self.shifted:
+            return np.ascontiguousarray((codes - 128).astype(np.int8))
+        return np.ascontiguousarray((2 * codes - (2**self.bits - 1)).astype(np.int8))
+
     def prepare(self, queries: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray((2 * np.asarray(queries, dtype=np.int16) - (2**self.bits - 1)).astype(np.int8))
+        return self._int8(queries)
 
     def n_queries(self, q: np.ndarray) -> int:
         return q.shape[0]
@@ -334,14 +345,22 @@ class Int8MatmulKernel:
     def subset(self, idx: np.ndarray) -> "Int8MatmulKernel":
         sub = Int8MatmulKernel.__new__(Int8MatmulKernel)
         sub.__dict__.update(self.__dict__)
-        sub.items_t = self.items_t[:, self._torch.from_numpy(np.asarray(idx))].contiguous()
+        idx = np.asarray(idx)
+        sub.items_t = self.items_t[:, self._torch.from_numpy(idx)].contiguous()
         sub.n_items = sub.items_t.shape[1]
+        if self.shifted:
+            sub.item_bias = self.item_bias[idx]
         return sub
 
     def fill(self, q, lo, hi, out, ilo, ihi, tmp) -> None:
         t = self._torch
-        res = t._int_mm(t.from_numpy(q[lo:hi]), self.items_t[:, ilo:ihi])
-        out[...] = res.numpy()
+        res = t._int_mm(t.from_numpy(q[lo:hi]), self.items_t[:, ilo:ihi]).numpy()
+        if not self.shifted:
+            out[...] = res
+            return
+        np.multiply(res, 4, out=out)
+        out += self.item_bias[ilo:ihi]
+        out += (2 * q[lo:hi].sum(axis=1, dtype=np.int32) + self.dim)[:, None]
 
     def to_scores(self, vals: np.ndarray) -> np.ndarray:
         return vals
