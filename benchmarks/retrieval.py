@@ -42,7 +42,8 @@ import torch  # noqa: E402
 
 from hqgnn.data import read_lightgcn_file  # noqa: E402
 from hqgnn.index import FloatIndex, QuantizedIndex  # noqa: E402
-from hqgnn.index.engine import DEFAULT_KERNEL  # noqa: E402
+from hqgnn.index import kernels as K  # noqa: E402
+from hqgnn.index.engine import default_kernel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 64
@@ -193,7 +194,7 @@ def main_section(train, rows, tables, args, tmpdir):
     return rows_out, results, float_best
 
 
-KERNELS = ("bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm")
+KERNELS = ("bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm") + (("int8-dot",) if K.Int8DotKernel.available() else ())
 
 
 def kernel_section(train, rows, tables, args):
@@ -348,9 +349,10 @@ def report(args, env, main_rows, kernel_rows, faiss_rows, big_rows, n_users, n_i
              "bitplane-numpy": "integer-only (XOR + popcount), numpy ufuncs",
              "gemm": "exact small integers in float32 sgemm",
              "int8-mm": "integer-only (int8 x int8 -> int32, torch._int_mm)",
+             "int8-dot": "integer-only (uint8 x int8 -> int32, AVX-512 VNNI vpdpbusd), compiled, fused with the selection",
              "int32-mm": "integer-only (torch int32 matmul)"}
     for r in kernel_rows:
-        default = " (default)" if DEFAULT_KERNEL[r["bits"]] == r["kernel"] else ""
+        default = " (default)" if default_kernel(r["bits"]) == r["kernel"] else ""
         lines.append(f"| {r['bits']} | {r['kernel']}{default} | {arith[r['kernel']]} | {fmt(r['qps'])} |")
     lines += [
         "",

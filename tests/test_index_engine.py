@@ -7,11 +7,15 @@ import torch
 
 from hqgnn.errors import ConfigError, HQGNNError
 from hqgnn.index import FloatIndex, QuantizedIndex, RetrievalError
+from hqgnn.index import kernels as K
 from hqgnn.index.packing import codes_to_levels
 
 torch.set_num_threads(1)
 
 N_USERS, N_ITEMS, DIM = 60, 700, 24
+
+# the compiled int8 dot-product kernel runs only on CPUs with AVX-512 VNNI
+VNNI = ("int8-dot",) if K.Int8DotKernel.available() else ()
 
 
 def make_train(seed=0, n_users=N_USERS, n_items=N_ITEMS, density=0.04):
@@ -63,7 +67,7 @@ def test_all_kernels_agree(bits):
     users, items = make_codes(bits, seed=10 + bits)
     train = make_train(3)
     results = []
-    for kernel in ("bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm"):
+    for kernel in ("bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm") + VNNI:
         index = QuantizedIndex.from_codes(items, bits, user_codes=users, train=train, kernel=kernel)
         results.append(index.search(k=30, exclude="train"))
     for items_k, scores_k in results[1:]:
@@ -182,13 +186,24 @@ def test_bad_requests_raise_clear_errors():
         assert "\n" not in message
 
 
+def test_int8_dot_kernel_is_refused_without_vnni_and_chosen_with_it(monkeypatch):
+    users, items = make_codes(4, seed=2)
+    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == ("int8-dot" if VNNI else "int8-mm")
+    assert QuantizedIndex.from_codes(items % 2, 1, user_codes=users % 2).kernel_name == "bitplane"
+    monkeypatch.setattr(K.Int8DotKernel, "available", staticmethod(lambda: False))
+    with pytest.raises(ConfigError, match="int8-dot.*VNNI"):
+        QuantizedIndex.from_codes(items, 4, user_codes=users, kernel="int8-dot")
+    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == "int8-mm"
+
+
 def test_int8_kernel_at_eight_bits_uses_shifted_levels():
     """8-bit levels (-255 .. 255) do not fit int8: the kernel multiplies c - 128 and adds
     the per-user and per-item terms; extreme codes (all 0, all 255) are where it would overflow."""
     users, items = make_codes(8, seed=1)
     users[0], items[0], items[1] = 255, 255, 0
     want = QuantizedIndex.from_codes(items, 8, user_codes=users, kernel="gemm").search(k=20)
-    got = QuantizedIndex.from_codes(items, 8, user_codes=users, kernel="int8-mm").search(k=20)
-    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    for kernel in ("int8-mm",) + VNNI:
+        got = QuantizedIndex.from_codes(items, 8, user_codes=users, kernel=kernel).search(k=20)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), kernel
     levels = lambda c: 2 * c.astype(np.int64) - 255  # noqa: E731
     assert got[1][0, 0] == levels(users[0]) @ levels(items[0])

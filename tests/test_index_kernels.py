@@ -71,6 +71,7 @@ def kernels_for(codes, bits):
         "gemm": (K.CodeGemmKernel(codes, bits), lambda q: q),
         "int32-mm": (K.IntMatmulKernel(codes, bits), lambda q: q),
         "int8-mm": (K.Int8MatmulKernel(codes, bits), lambda q: q),
+        **({"int8-dot": (K.Int8DotKernel(codes, bits), lambda q: q)} if K.Int8DotKernel.available() else {}),
     }
 
 

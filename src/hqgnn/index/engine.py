@@ -32,14 +32,23 @@ from .select import csr_rows
 
 EXACT = "exact"
 FAISS_BACKENDS = ("faiss-flat", "faiss-hnsw", "faiss-ivf")
-QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm")
+QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-dot", "int8-mm", "int32-mm")
 
 #: Default kernel per bit width, chosen from the Kernels table of benchmarks/retrieval.py
 #: (Gowalla shape, top-50, 2-core AVX-512 CPU): the compiled XOR + popcount kernel for
-#: 1 and 2 bits (b^2 = 4 plane pairs still beat a matrix product at 2 bits), torch's
-#: int8 GEMM for 3..8 bits (integer-only, at or above the float-unit GEMM in every run;
-#: 8 bits through shifted levels, see :class:`hqgnn.index.kernels.Int8MatmulKernel`).
+#: 1 bit; for 2..8 bits the compiled int8 dot-product kernel where the CPU has AVX-512 VNNI
+#: (4-5x float32 at every width there), else XOR + popcount for 2 bits (b^2 = 4 plane
+#: pairs still beat a matrix product) and torch's int8 GEMM for 3..8 bits (8 bits through
+#: shifted levels, see :class:`hqgnn.index.kernels.Int8MatmulKernel`).
 DEFAULT_KERNEL = {1: "bitplane", 2: "bitplane", **{b: "int8-mm" for b in range(3, 9)}}
+
+
+def default_kernel(bits: int) -> str:
+    """The exact kernel ``kernel="auto"`` picks for ``bits`` on this CPU."""
+    if bits >= 2 and K.Int8DotKernel.available():
+        return "int8-dot"
+    return DEFAULT_KERNEL[bits]
+
 
 Exclude = Union[None, str, tuple, Any]
 
@@ -410,8 +419,9 @@ class QuantizedIndex(_Index):
     ``kernel`` (exact backend): ``"auto"`` (:data:`DEFAULT_KERNEL`), ``"bitplane"``
     (XOR + popcount, integer-only; compiled and fused with the selection when numba
     loads), ``"bitplane-numpy"`` (the same on numpy ufuncs), ``"gemm"`` (float-unit
-    GEMM of exact small integers), ``"int8-mm"`` (int8 x int8 -> int32 matrix
-    products, b <= 7), ``"int32-mm"`` (torch integer matmul).
+    GEMM of exact small integers), ``"int8-dot"`` (int8 dot products with AVX-512 VNNI,
+    compiled and fused with the selection), ``"int8-mm"`` (int8 x int8 -> int32 matrix
+    products), ``"int32-mm"`` (torch integer matmul).
     """
 
     def __init__(self, item_codes: np.ndarray, bits: int, *, user_codes: Optional[np.ndarray] = None,
@@ -442,7 +452,10 @@ class QuantizedIndex(_Index):
             n_users = len(user_ids)  # an item-only index that still knows its users' ids and history
         if kernel not in QUANTIZED_KERNELS:
             raise ConfigError(f"kernel={kernel!r} is unknown (choose from {', '.join(QUANTIZED_KERNELS)})")
-        self.kernel_name = DEFAULT_KERNEL[self.bits] if kernel == "auto" else kernel
+        if kernel == "int8-dot" and not K.Int8DotKernel.available():
+            raise ConfigError("kernel='int8-dot' needs a CPU with AVX-512 VNNI (and numba); "
+                              "use kernel='int8-mm' or 'auto'")
+        self.kernel_name = default_kernel(self.bits) if kernel == "auto" else kernel
         self.user_scale, self.item_scale = float(user_scale), float(item_scale)
         self._kernel_obj = None
         self._codes_cache: dict = {}
@@ -524,6 +537,8 @@ class QuantizedIndex(_Index):
                 self._kernel_obj = K.CodeGemmKernel(self.item_codes(), self.bits)
             elif self.kernel_name == "int8-mm":
                 self._kernel_obj = K.Int8MatmulKernel(self.item_codes(), self.bits)
+            elif self.kernel_name == "int8-dot":
+                self._kernel_obj = K.Int8DotKernel(self.item_codes(), self.bits)
             else:
                 self._kernel_obj = K.IntMatmulKernel(self.item_codes(), self.bits)
         return self._kernel_obj

@@ -366,6 +366,42 @@ class Int8MatmulKernel:
         return vals
 
 
+class Int8DotKernel(Int8MatmulKernel):
+    """:class:`Int8MatmulKernel`'s integer scores, searched by the compiled int8 dot-product
+    loop (:class:`hqgnn.index.compiled.FusedDotSearch`: AVX-512 VNNI, eight queries per pass
+    over the items, the selection fused). Only where :func:`available` says so; the
+    matrix-product methods it inherits serve :func:`all_scores`."""
+
+    name = "int8-dot"
+
+    @staticmethod
+    def available() -> bool:
+        return _compiled.vnni_available()
+
+    def __init__(self, codes: np.ndarray, bits: int):
+        super().__init__(codes, bits)
+        self._codes = np.asarray(codes)
+        self._fused = None
+
+    def fused(self) -> "_LevelsToCodes":
+        if self._fused is None:
+            self._fused = _LevelsToCodes(_compiled.FusedDotSearch(self._codes, self.bits), self.bits)
+        return self._fused
+
+
+class _LevelsToCodes:
+    """Adapts the int8 levels that :meth:`Int8MatmulKernel.prepare` gives back to the codes
+    the compiled dot search takes (the inverse of ``_int8``)."""
+
+    def __init__(self, search, bits: int):
+        self.search_codes, self.bits = search, bits
+
+    def search(self, levels: np.ndarray, k: int, exclude, threads: int):
+        v = np.asarray(levels, dtype=np.int16)
+        codes = (v + 128) if self.bits == 8 else (v + (2**self.bits - 1)) // 2
+        return self.search_codes.search(codes.astype(np.uint8), k, exclude, threads)
+
+
 # ---------------------------------------------------------------- driver
 def default_threads() -> int:
     """Worker threads of the search pool: the CPUs this process may use (at most 16)."""
