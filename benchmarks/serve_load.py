@@ -6,8 +6,8 @@ For each artifact it starts its own server (``python -m hqgnn.cli serve ARTIFACT
 free 127.0.0.1 port, in a subprocess, so client and server do not share a GIL), waits for
 ``/ready``, then for each concurrency level C sends a fixed number of
 ``GET /recommend?user=U&k=K`` requests from C client threads (one keep-alive
-``httpx.Client`` per thread; users drawn uniformly from the artifact's users with a fixed
-seed), after a short unmeasured warm-up. Then it stops the server and moves on. Nothing
+``http.client.HTTPConnection`` per thread; users drawn uniformly from the artifact's users
+with a fixed seed), after a short unmeasured warm-up. Then it stops the server and moves on. Nothing
 runs unbounded.
 
 Reported per (artifact, concurrency): requests, throughput (requests / wall second),
@@ -26,7 +26,9 @@ machine (Gowalla at 1 bit and float32). The table goes to stdout and to ``--out`
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
+import json
 import os
 import platform
 import re
@@ -37,6 +39,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -116,19 +119,27 @@ def run_level(base: str, users: np.ndarray, requests: int, concurrency: int, k: 
     counter = itertools.count()  # next() on it is atomic under the GIL
     start = threading.Barrier(concurrency + 1)
 
+    host, port = base.rsplit("/", 1)[-1].rsplit(":", 1)
+
     def worker():
-        with client(base) as c:
-            start.wait()
-            while (i := next(counter)) < requests:
-                t0 = time.perf_counter()
-                try:
-                    r = c.get("/recommend", params={"user": str(picks[i]), "k": k})
-                    ok = r.status_code == 200 and len(r.json()["items"]) > 0
-                    if not ok:
-                        errors.append(f"{r.status_code}: {r.text[:120]}")
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
-                    errors.append(repr(exc)[:120])
-                latencies[i] = time.perf_counter() - t0
+        # the standard library's keep-alive connection: a request costs the client a fraction
+        # of what an httpx.Client request does, and client and server share the cores
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        start.wait()
+        while (i := next(counter)) < requests:
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", f"/recommend?user={quote(str(picks[i]))}&k={k}")
+                r = conn.getresponse()
+                body = r.read()
+                ok = r.status == 200 and len(json.loads(body)["items"]) > 0
+                if not ok:
+                    errors.append(f"{r.status}: {body[:120]!r}")
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+                errors.append(repr(exc)[:120])
+                conn.close()  # reconnects on the next request
+            latencies[i] = time.perf_counter() - t0
+        conn.close()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for t in threads:
@@ -180,7 +191,7 @@ def markdown(rows: list[dict], args) -> str:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.platform()}; Python {platform.python_version()}; "
         f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable); "
         f"load average before the run {args.load_before}; "
-        f"server `hqgnn serve --workers {args.workers}`, client threads with one keep-alive httpx client each, "
+        f"server `hqgnn serve --workers {args.workers}`, client threads with one keep-alive http.client connection each, "
         f"on the same machine.",
         "",
         f"Command: `python benchmarks/serve_load.py {' '.join(str(a) for a in args.artifacts)} --requests {args.requests} "
