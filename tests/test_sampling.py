@@ -136,3 +136,32 @@ def test_choose_negatives_hard_picks_the_top_scored_candidate():
     assert hard.tolist() == [1, 2]  # user 0 scores item 1 highest (0.9), user 1 item 2 (3.0)
     u, p, uni = choose_negatives(U, I, users, pos, cand, "uniform")
     assert u.tolist() == [0, 0, 0, 1, 1, 1] and uni.tolist() == [3, 1, 2, 1, 3, 2] and p.tolist() == [0] * 6
+
+
+@settings(max_examples=40, deadline=None)
+@given(train=train_matrices(), seed=st.integers(0, 10_000))
+def test_user_uniform_positives_are_training_items_of_their_user(train, seed):
+    dense = train.toarray() > 0
+    users, pos, neg = TripleSampler(train).epoch(np.random.default_rng(seed), positives="users")
+    assert len(users) == train.nnz
+    assert dense[users, pos].all() and not dense[users, neg].any()
+    assert set(users.tolist()) <= set(np.flatnonzero(dense.any(axis=1)).tolist())  # users without items never drawn
+
+
+def test_user_uniform_sampling_weighs_users_equally():
+    """User 0 holds 300 of 400 interactions: a quarter of the draws by interaction, 1/101 by user."""
+    rows = np.concatenate([np.zeros(300, int), np.arange(1, 101)])
+    cols = np.concatenate([np.arange(300), np.arange(100) % 300])
+    train = sp.csr_matrix((np.ones(400, np.float32), (rows, cols)), shape=(101, 400))
+    sampler = TripleSampler(train)
+    rng = np.random.default_rng(0)
+    by_user = np.concatenate([sampler.epoch(rng, positives="users")[0] for _ in range(50)])
+    by_pair = np.concatenate([sampler.epoch(rng)[0] for _ in range(50)])
+    assert abs(np.mean(by_pair == 0) - 0.75) < 0.01
+    assert abs(np.mean(by_user == 0) - 1 / 101) < 0.004
+    # user 0's positives: drawn uniformly over its 300 items (about 2,000 draws cover them all)
+    draws = [sampler.epoch(rng, positives="users") for _ in range(500)]
+    items0 = np.concatenate([p[u == 0] for u, p, _ in draws])
+    assert items0.max() < 300 and len(np.unique(items0)) >= 295
+    with pytest.raises(ValueError, match="positives"):
+        sampler.epoch(rng, positives="items")

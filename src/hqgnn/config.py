@@ -53,6 +53,10 @@ class Config:
     weight_decay: float = 1e-4
     negatives: int = 1  # negative candidates drawn per positive
     negative_sampling: str = "uniform"  # uniform (BPR over every candidate) | hard (the top-scored candidate)
+    # interactions: every training pair once per epoch | users: as many pairs, each a uniformly
+    # drawn user and one of its items (the LightGCN authors' sampler; weighs users equally, as
+    # the per-user averaged metrics do)
+    positive_sampling: str = "interactions"
     max_train_seconds: Optional[float] = None
     eval_every: int = 10
     eval_split: str = "valid"  # split monitored during training: valid (if any) or test
@@ -94,6 +98,7 @@ class Config:
         need(self.ste_window >= 1, "ste_window", ">= 1")
         need(isinstance(self.negatives, int) and self.negatives >= 1, "negatives", "an integer >= 1")
         need(self.negative_sampling in ("uniform", "hard"), "negative_sampling", "uniform | hard")
+        need(self.positive_sampling in ("interactions", "users"), "positive_sampling", "interactions | users")
         need(self.hutchinson_probes >= 1, "hutchinson_probes", ">= 1")
         need(self.hutchinson_tol >= 0, "hutchinson_tol", ">= 0")
         need(self.hutchinson_batches >= 1, "hutchinson_batches", ">= 1")

@@ -1,6 +1,7 @@
-"""BPR triples sampled in bulk: every training interaction once per epoch, one
-uniformly drawn negative (or n candidates) per positive, negatives that the user has in training
-rejected and redrawn (vectorised over the rejected entries only)."""
+"""BPR triples sampled in bulk: every training interaction once per epoch (or, per user,
+as many uniformly drawn users with one of their items each), one uniformly drawn negative
+(or n candidates) per positive, negatives that the user has in training rejected and
+redrawn (vectorised over the rejected entries only)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ class TripleSampler:
         train = train.tocsr()
         self.n_users, self.n_items = train.shape
         deg = np.diff(train.indptr)
+        self.indptr, self.deg = train.indptr.astype(np.int64), deg.astype(np.int64)
+        self.active = np.flatnonzero(deg > 0)
         self.users = np.repeat(np.arange(self.n_users, dtype=np.int64), deg)
         self.items = train.indices.astype(np.int64)
         # sorted keys user * n_items + item: membership test by binary search
@@ -39,11 +42,22 @@ class TripleSampler:
             bad = bad[self.is_positive(users[bad], neg[bad])]
         return neg
 
-    def epoch(self, rng: np.random.Generator, n_negatives: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def epoch(self, rng: np.random.Generator, n_negatives: int = 1, positives: str = "interactions"
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(users, positives, negatives) for one epoch, in a random order; with
-        ``n_negatives > 1`` the negatives are an ``(E, n)`` array of candidates per positive."""
-        order = rng.permutation(len(self.users))
-        u, p = self.users[order], self.items[order]
+        ``n_negatives > 1`` the negatives are an ``(E, n)`` array of candidates per positive.
+
+        ``positives``: ``"interactions"`` (each training pair once) or ``"users"`` (E pairs,
+        each a uniformly drawn user with training items and one of them, uniformly)."""
+        if positives == "users":
+            u = self.active[rng.integers(0, len(self.active), size=len(self.users))]
+            offset = (rng.random(len(u)) * self.deg[u]).astype(np.int64)
+            p = self.items[self.indptr[u] + np.minimum(offset, self.deg[u] - 1)]
+        elif positives == "interactions":
+            order = rng.permutation(len(self.users))
+            u, p = self.users[order], self.items[order]
+        else:
+            raise ValueError(f"positives={positives!r}: expected 'interactions' or 'users'")
         if n_negatives == 1:
             return u, p, self.negatives(u, rng)
         return u, p, self.negatives(np.repeat(u, n_negatives), rng).reshape(len(u), n_negatives)

@@ -179,7 +179,7 @@ class Trainer:
     # ------------------------------------------------------------ loop
     def _epoch_samples(self, epoch: int):
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        return self.sampler.epoch(rng, self.cfg.negatives)
+        return self.sampler.epoch(rng, self.cfg.negatives, self.cfg.positive_sampling)
 
     def _log(self, entry: dict) -> None:
         self.history.append(entry)
