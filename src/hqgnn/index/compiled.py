@@ -35,6 +35,7 @@ scalar threshold test and a merge sort of the candidates).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -540,6 +541,27 @@ def sorted_exclusion(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return indices[np.lexsort((indices, rows))]
 
 
+def _exclusion_arrays(exclude, nq: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exclusion CSR ``(indptr, indices)`` as the compiled loops take it (rows sorted)."""
+    if exclude is None:
+        return np.zeros(nq + 1, np.int64), np.zeros(0, np.int64)
+    indptr = np.ascontiguousarray(exclude[0], dtype=np.int64)
+    return indptr, sorted_exclusion(indptr, exclude[1])
+
+
+@contextlib.contextmanager
+def _numba_threads(threads: int):
+    """numba's thread count set to ``threads`` (clamped) for one launch, then restored."""
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    with _LAUNCH:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            numba.set_num_threads(previous)
+
+
 def _pad_items(items: np.ndarray) -> np.ndarray:
     """``(b, W, N)`` planes padded with zeros to a whole number of GROUPs (at least one)."""
     n = items.shape[2]
@@ -577,27 +599,15 @@ class FusedPlaneSearch:
         """``query_planes``: ``(b, Q, W)`` uint64. Returns ``(items int64, scores int32)``, each ``(Q, k)``."""
         q = np.ascontiguousarray(np.transpose(query_planes, (1, 0, 2)), dtype=np.uint64)  # (Q, b, W)
         nq = q.shape[0]
-        if exclude is None:
-            indptr = np.zeros(nq + 1, np.int64)
-            indices = np.zeros(0, np.int64)
-        else:
-            indptr = np.ascontiguousarray(exclude[0], dtype=np.int64)
-            indices = sorted_exclusion(indptr, exclude[1])
+        indptr, indices = _exclusion_arrays(exclude, nq)
         out_items = np.empty((nq, k), np.int64)
         out_scores = np.empty((nq, k), np.int32)
         if nq == 0:
             return out_items, out_scores
-        threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-        with _LAUNCH:
-            previous = numba.get_num_threads()
-            numba.set_num_threads(threads)
-            try:
-                n_chunks = min(nq, 8 * threads)
-                _plane_topk(q, self.items, self.n_items, self.tail, self.sample, self.n_sample,
-                            self.sample_stride, k, indptr, indices, self.max_cost, n_chunks,
-                            out_items, out_scores)
-            finally:
-                numba.set_num_threads(previous)
+        with _numba_threads(threads) as threads:
+            _plane_topk(q, self.items, self.n_items, self.tail, self.sample, self.n_sample,
+                        self.sample_stride, k, indptr, indices, self.max_cost, min(nq, 8 * threads),
+                        out_items, out_scores)
         return out_items, out_scores
 
 
@@ -660,27 +670,15 @@ class FusedDotSearch:
             offset = (2 * codes.astype(np.int64) - self.m).sum(axis=1)
         else:
             offset = np.zeros(nq, np.int64)
-        if exclude is None:
-            indptr = np.zeros(nq + 1, np.int64)
-            indices = np.zeros(0, np.int64)
-        else:
-            indptr = np.ascontiguousarray(exclude[0], dtype=np.int64)
-            indices = sorted_exclusion(indptr, exclude[1])
+        indptr, indices = _exclusion_arrays(exclude, nq)
         out_items = np.empty((nq, k), np.int64)
         out_scores = np.empty((nq, k), np.int32)
         if nq == 0:
             return out_items, out_scores
-        threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
-        with _LAUNCH:
-            previous = numba.get_num_threads()
-            numba.set_num_threads(threads)
-            try:
-                n_chunks = min(-(-nq // DOT_QUERIES), 8 * threads)
-                _dot_topk(q, self.items, self.n_items, self.groups, self.bias, self.sample, self.sample_bias,
-                          self.n_sample, self.sample_stride, self.scale, offset, k, indptr, indices,
-                          self.max_cost, n_chunks, out_items, out_scores)
-            finally:
-                numba.set_num_threads(previous)
+        with _numba_threads(threads) as threads:
+            _dot_topk(q, self.items, self.n_items, self.groups, self.bias, self.sample, self.sample_bias,
+                      self.n_sample, self.sample_stride, self.scale, offset, k, indptr, indices,
+                      self.max_cost, min(-(-nq // DOT_QUERIES), 8 * threads), out_items, out_scores)
         return out_items, out_scores
 
 
