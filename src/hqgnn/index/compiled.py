@@ -418,6 +418,14 @@ if numba is not None and vnni_available():
     _dot_costs_one = _make_dot_costs(1)
 
     @njit(cache=True, nogil=True, inline="always")
+    def _score_block(nb, items, base, qb, groups, bias, item0, scale, th, costs, masks):
+        """One block against the batch's queries: a single query (a lone request) runs the
+        1-query intrinsic instead of eight copies of itself."""
+        if nb == 1:
+            return _dot_costs_one(items, base, qb[:1], groups, bias, item0, scale, th[:1], costs[:1], masks[:1])
+        return _dot_costs_batch(items, base, qb, groups, bias, item0, scale, th, costs, masks)
+
+    @njit(cache=True, nogil=True, inline="always")
     def _finish(cand_i, cand_c, m, k, r, offset, order, out_items, out_scores):
         """Top-k of the m candidates (index order) by cost, ties to the lower index."""
         order[:m] = np.argsort(cand_c[:m], kind="mergesort")
@@ -459,15 +467,15 @@ if numba is not None and vnni_available():
                 nb = min(QB, r_hi - b_lo)
                 for j in range(QB):  # a short last batch repeats its last query
                     qb[j] = q[b_lo + min(j, nb - 1)]
-                    th[j] = -1 << 40
+                    th[j] = -(1 << 31)  # int32 minimum: a padding query passes nothing
                 # 1. thresholds from the sample: the cost of rank (k + seen) // stride + 3
                 for sb in range(s_blocks):
-                    _dot_costs_batch(sample, sb * groups * DOT_BLOCK, qb, groups, sample_bias, sb * DOT_BLOCK,
-                                     scale, th, costs, masks)
-                    for j in range(QB):
+                    _score_block(nb, sample, sb * groups * DOT_BLOCK, qb, groups, sample_bias, sb * DOT_BLOCK,
+                                 scale, th, costs, masks)
+                    for j in range(nb):
                         samp[j, sb * DOT_BLOCK:(sb + 1) * DOT_BLOCK] = costs[j]
-                for j in range(QB):
-                    r = b_lo + min(j, nb - 1)
+                for j in range(nb):
+                    r = b_lo + j
                     need = k + ex_indptr[r + 1] - ex_indptr[r]
                     rank = need // stride + 3
                     if rank < ns:
@@ -480,8 +488,8 @@ if numba is not None and vnni_available():
                 # 2. one pass over the blocks for the whole batch
                 count[:] = 0
                 for blk in range(n_blocks):
-                    if not _dot_costs_batch(items, blk * groups * DOT_BLOCK, qb, groups, bias, blk * DOT_BLOCK,
-                                            scale, th, costs, masks):
+                    if not _score_block(nb, items, blk * groups * DOT_BLOCK, qb, groups, bias, blk * DOT_BLOCK,
+                                        scale, th, costs, masks):
                         continue
                     for j in range(nb):
                         hits = (masks[j // 4] >> np.uint64(16 * (j % 4))) & np.uint64(0xFFFF)
