@@ -209,6 +209,48 @@ if numba is not None:
             return max_cost
         return np.partition(costs[:n], rank)[rank]
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _drop_excluded(cand_i, cand_c, n, ex_indices, s0, s1):
+        """Removes the items ``ex_indices[s0:s1]`` from the first ``n`` candidates, in place
+        (both lists ascending: a merge); returns how many candidates remain."""
+        m = 0
+        p = s0
+        for c in range(n):
+            it = cand_i[c]
+            while p < s1 and ex_indices[p] < it:
+                p += 1
+            if p < s1 and ex_indices[p] == it:
+                continue
+            cand_i[m] = it
+            cand_c[m] = cand_c[c]
+            m += 1
+        return m
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _collect_at_or_below(full, n, t, max_cost, cand_i, cand_c):
+        """The items of ``full[:n]`` with a cost at or below ``t`` (and not a sentinel above
+        ``max_cost``), in index order, as candidates; returns their number."""
+        m = 0
+        for i in range(n):
+            if full[i] <= t and full[i] <= max_cost:
+                cand_i[m] = i
+                cand_c[m] = full[i]
+                m += 1
+        return m
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _write_topk(cand_i, cand_c, order, m, k, r, base, step, out_items, out_scores):
+        """Row ``r`` of the output: the first ``k`` candidates in ``order``, score
+        ``base - step * cost``, padded with -1 / PAD_SCORE past ``m``."""
+        for c in range(k):
+            if c < m:
+                o = order[c]
+                out_items[r, c] = cand_i[o]
+                out_scores[r, c] = np.int32(base - step * cand_c[o])
+            else:
+                out_items[r, c] = -1
+                out_scores[r, c] = PAD_SCORE
+
     @njit(cache=True, nogil=True, parallel=True)
     def _plane_topk(q, items, n_items, tail, sample, n_sample, stride, k, ex_indptr, ex_indices,
                     max_cost, n_chunks, out_items, out_scores):
@@ -281,17 +323,7 @@ if numba is not None:
                                 n += 1
                                 hits &= hits - np.uint64(1)
                     # 3. drop excluded items (both lists ascending)
-                    m = 0
-                    p = s0
-                    for c in range(n):
-                        it = cand_i[c]
-                        while p < s1 and ex_indices[p] < it:
-                            p += 1
-                        if p < s1 and ex_indices[p] == it:
-                            continue
-                        cand_i[m] = it
-                        cand_c[m] = cand_c[c]
-                        m += 1
+                    m = _drop_excluded(cand_i, cand_c, n, ex_indices, s0, s1)
                     if m >= k:
                         break
                     # the sample misjudged the threshold (about 1 query in 40): a higher rank
@@ -305,12 +337,7 @@ if numba is not None:
                     for p in range(s0, s1):
                         full[ex_indices[p]] = sentinel
                     t = _kth_smallest(full, N, min(k, N) - 1, max_cost + 1, hist)  # hist covers the sentinel
-                    m = 0
-                    for i in range(N):
-                        if full[i] <= t and full[i] <= max_cost:
-                            cand_i[m] = i
-                            cand_c[m] = full[i]
-                            m += 1
+                    m = _collect_at_or_below(full, N, t, max_cost, cand_i, cand_c)
                 # 4. order by cost, ties to the lower item index: a stable counting sort
                 # when costs are small (candidates are in index order), else a merge sort
                 if n_bins > 0:
@@ -328,14 +355,7 @@ if numba is not None:
                         hist[v] += 1
                 else:
                     order[:m] = np.argsort(cand_c[:m], kind="mergesort")
-                for c in range(k):
-                    if c < m:
-                        o = order[c]
-                        out_items[r, c] = cand_i[o]
-                        out_scores[r, c] = np.int32(max_cost - 2 * cand_c[o])
-                    else:
-                        out_items[r, c] = -1
-                        out_scores[r, c] = PAD_SCORE
+                _write_topk(cand_i, cand_c, order, m, k, r, max_cost, 2, out_items, out_scores)
 
 
 def vnni_available() -> bool:
@@ -425,19 +445,6 @@ if numba is not None and vnni_available():
             return _dot_costs_one(items, base, qb[:1], groups, bias, item0, scale, th[:1], costs[:1], masks[:1])
         return _dot_costs_batch(items, base, qb, groups, bias, item0, scale, th, costs, masks)
 
-    @njit(cache=True, nogil=True, inline="always")
-    def _finish(cand_i, cand_c, m, k, r, offset, order, out_items, out_scores):
-        """Top-k of the m candidates (index order) by cost, ties to the lower index."""
-        order[:m] = np.argsort(cand_c[:m], kind="mergesort")
-        for c in range(k):
-            if c < m:
-                o = order[c]
-                out_items[r, c] = cand_i[o]
-                out_scores[r, c] = np.int32(offset - cand_c[o])
-            else:
-                out_items[r, c] = -1
-                out_scores[r, c] = PAD_SCORE
-
     @njit(cache=True, nogil=True, parallel=True)
     def _dot_topk(q, items, n_items, groups, bias, sample, sample_bias, n_sample, stride, scale,
                   user_offset, k, ex_indptr, ex_indices, max_cost, n_chunks, out_items, out_scores):
@@ -506,17 +513,7 @@ if numba is not None and vnni_available():
                     r = b_lo + j
                     s0 = ex_indptr[r]
                     s1 = ex_indptr[r + 1]
-                    m = 0
-                    p = s0
-                    for c in range(count[j]):
-                        it = cand_i[j, c]
-                        while p < s1 and ex_indices[p] < it:
-                            p += 1
-                        if p < s1 and ex_indices[p] == it:
-                            continue
-                        cand_i[j, m] = it
-                        cand_c[j, m] = cand_c[j, c]
-                        m += 1
+                    m = _drop_excluded(cand_i[j], cand_c[j], count[j], ex_indices, s0, s1)
                     if m < k:
                         one_t[0] = max_cost
                         for blk in range(n_blocks):
@@ -526,14 +523,10 @@ if numba is not None and vnni_available():
                         for p in range(s0, s1):
                             full[ex_indices[p]] = sentinel
                         t = np.partition(full[:N], min(k, N) - 1)[min(k, N) - 1]
-                        m = 0
-                        for i in range(N):
-                            if full[i] <= t and full[i] <= max_cost:
-                                cand_i[j, m] = i
-                                cand_c[j, m] = full[i]
-                                m += 1
-                    # 4. order by cost, ties to the lower index
-                    _finish(cand_i[j], cand_c[j], m, k, r, user_offset[r], order, out_items, out_scores)
+                        m = _collect_at_or_below(full, N, t, max_cost, cand_i[j], cand_c[j])
+                    # 4. order by cost (a merge sort: candidates are in index order, ties go to the lower index)
+                    order[:m] = np.argsort(cand_c[j, :m], kind="mergesort")
+                    _write_topk(cand_i[j], cand_c[j], order, m, k, r, user_offset[r], 1, out_items, out_scores)
 
 
 def sorted_exclusion(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -549,12 +542,15 @@ def sorted_exclusion(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return indices[np.lexsort((indices, rows))]
 
 
-def _exclusion_arrays(exclude, nq: int) -> tuple[np.ndarray, np.ndarray]:
-    """The exclusion CSR ``(indptr, indices)`` as the compiled loops take it (rows sorted)."""
+def _call_arrays(exclude, nq: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a compiled search takes besides the items: the exclusion CSR ``(indptr,
+    indices)`` with rows sorted, and the ``(nq, k)`` item and score outputs."""
     if exclude is None:
-        return np.zeros(nq + 1, np.int64), np.zeros(0, np.int64)
-    indptr = np.ascontiguousarray(exclude[0], dtype=np.int64)
-    return indptr, sorted_exclusion(indptr, exclude[1])
+        indptr, indices = np.zeros(nq + 1, np.int64), np.zeros(0, np.int64)
+    else:
+        indptr = np.ascontiguousarray(exclude[0], dtype=np.int64)
+        indices = sorted_exclusion(indptr, exclude[1])
+    return indptr, indices, np.empty((nq, k), np.int64), np.empty((nq, k), np.int32)
 
 
 @contextlib.contextmanager
@@ -607,9 +603,7 @@ class FusedPlaneSearch:
         """``query_planes``: ``(b, Q, W)`` uint64. Returns ``(items int64, scores int32)``, each ``(Q, k)``."""
         q = np.ascontiguousarray(np.transpose(query_planes, (1, 0, 2)), dtype=np.uint64)  # (Q, b, W)
         nq = q.shape[0]
-        indptr, indices = _exclusion_arrays(exclude, nq)
-        out_items = np.empty((nq, k), np.int64)
-        out_scores = np.empty((nq, k), np.int32)
+        indptr, indices, out_items, out_scores = _call_arrays(exclude, nq, k)
         if nq == 0:
             return out_items, out_scores
         with _numba_threads(threads) as threads:
@@ -678,9 +672,7 @@ class FusedDotSearch:
             offset = (2 * codes.astype(np.int64) - self.m).sum(axis=1)
         else:
             offset = np.zeros(nq, np.int64)
-        indptr, indices = _exclusion_arrays(exclude, nq)
-        out_items = np.empty((nq, k), np.int64)
-        out_scores = np.empty((nq, k), np.int32)
+        indptr, indices, out_items, out_scores = _call_arrays(exclude, nq, k)
         if nq == 0:
             return out_items, out_scores
         with _numba_threads(threads) as threads:
