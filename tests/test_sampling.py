@@ -135,7 +135,8 @@ def test_choose_negatives_hard_picks_the_top_scored_candidate():
     _, _, hard = choose_negatives(U, I, users, pos, cand, "hard")
     assert hard.tolist() == [1, 2]  # user 0 scores item 1 highest (0.9), user 1 item 2 (3.0)
     u, p, uni = choose_negatives(U, I, users, pos, cand, "uniform")
-    assert u.tolist() == [0, 0, 0, 1, 1, 1] and uni.tolist() == [3, 1, 2, 1, 3, 2] and p.tolist() == [0] * 6
+    # uniform keeps every candidate: the loss averages over the pairs of each positive
+    assert u.tolist() == [0, 1] and p.tolist() == [0, 0] and uni.tolist() == cand.tolist()
 
 
 @settings(max_examples=40, deadline=None)

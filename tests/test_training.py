@@ -299,6 +299,41 @@ def test_gathered_bpr_matches_autograd_composition():
     torch.testing.assert_close(gi, ref_gi)
 
 
+def test_gathered_bpr_with_several_negatives_equals_repeated_pairs():
+    from hqgnn.models.base import bpr_loss, gathered_bpr_loss
+
+    g = torch.Generator().manual_seed(1)
+    U = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    I = torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    users = torch.tensor([0, 3, 3, 6])  # a repeated user
+    pos = torch.tensor([2, 2, 8, 0])
+    neg = torch.tensor([[1, 4, 2], [2, 2, 0], [8, 8, 8], [0, 5, 1]])  # repeats, and item 2 both pos and neg
+    n = neg.shape[1]
+    ref = bpr_loss(U[users.repeat_interleave(n)], I[pos.repeat_interleave(n)], I[neg.reshape(-1)])
+    ref_gu, ref_gi = torch.autograd.grad(1.5 * ref, (U, I))
+    got = gathered_bpr_loss(U, I, users, pos, neg)
+    gu, gi = torch.autograd.grad(1.5 * got, (U, I))
+    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+    torch.testing.assert_close(gu, ref_gu)
+    torch.testing.assert_close(gi, ref_gi)
+
+
+@pytest.mark.parametrize("batch", [2, 40])  # the gathering branch and the counting branch
+def test_l2_penalty_with_several_negatives_counts_users_and_positives_per_pair(batch):
+    from hqgnn.models.encoder import LightGCN
+
+    enc = LightGCN(6, 8, dim=4, layers=1).double()
+    g = torch.Generator().manual_seed(batch + 1)
+    users, pos = torch.randint(0, 6, (batch,), generator=g), torch.randint(0, 8, (batch,), generator=g)
+    neg = torch.randint(0, 8, (batch, 3), generator=g)
+    got = enc.l2_penalty(users, pos, neg)
+    expected = enc.l2_penalty(users.repeat_interleave(3), pos.repeat_interleave(3), neg.reshape(-1))
+    assert float(got) == pytest.approx(float(expected), rel=1e-12)
+    (ge,) = torch.autograd.grad(got, enc.embedding)
+    (gx,) = torch.autograd.grad(expected, enc.embedding)
+    torch.testing.assert_close(ge, gx)
+
+
 @pytest.mark.parametrize("batch", [2, 40])  # the gathering branch and the counting branch
 def test_l2_penalty_equals_sum_over_batch_rows(batch):
     from hqgnn.models.encoder import LightGCN

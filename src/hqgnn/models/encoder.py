@@ -47,17 +47,22 @@ class LightGCN(nn.Module):
         """LightGCN's penalty: half the squared norm of the batch's layer-0 rows (users, positives,
         negatives, each row as often as it occurs), divided by the batch size.
 
+        ``neg`` of shape (B, n) stands for the B n triples (u, i, j_k): users and positives
+        count n times each, as in the loss (:func:`~hqgnn.models.base.gathered_bpr_loss`).
         For batches with more rows than the table it is computed from occurrence
         counts over the whole table, which reads less memory than gathering."""
         n_rows = self.embedding.shape[0]
-        if 3 * len(users) < n_rows:
+        repeat = neg.shape[1] if neg.dim() == 2 else 1
+        neg = neg.reshape(-1)
+        if len(users) + len(pos) + len(neg) < n_rows:
             u0, p0 = self.layer0(users, pos)
             n0 = self.embedding[self.n_users + neg]
-            total = u0.square().sum() + p0.square().sum() + n0.square().sum()
+            total = repeat * (u0.square().sum() + p0.square().sum()) + n0.square().sum()
         else:
-            counts = torch.bincount(torch.cat([users, pos + self.n_users, neg + self.n_users]), minlength=n_rows)
+            counts = torch.bincount(torch.cat([users, pos + self.n_users]), minlength=n_rows) * repeat
+            counts += torch.bincount(neg + self.n_users, minlength=n_rows)
             total = torch.dot(counts.to(self.embedding.dtype), self.embedding.square().sum(1))
-        return 0.5 * total / len(users)
+        return 0.5 * total / (len(users) * repeat)
 
     def layer0(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer-0 rows of the given users and items (for the L2 penalty)."""

@@ -1,0 +1,6 @@
+"""``python -m hqgnn ...`` is the ``hqgnn`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
