@@ -1,6 +1,7 @@
 """The experiment runner: grid expansion, resumability, the report files."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -68,6 +69,13 @@ def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
     assert done.is_file() and json.loads(done.read_text())["bits"] == 2
     changed = [p for p in out.rglob("metrics.json") if p.stat().st_mtime_ns != before[p]]
     assert changed == [done]
+    # --report-only trains nothing: a missing cell stays missing and leaves the report
+    shutil.rmtree(done.parent)
+    (report / "results.csv").unlink()
+    assert main(["experiment", str(path), "--quiet", "--report-only"]) == 0
+    assert not done.parent.exists()
+    rows = (report / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 9
 
 
 def test_bad_experiment_files(tmp_path):

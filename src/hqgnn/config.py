@@ -39,6 +39,7 @@ class Config:
     hutchinson_tol: float = 1e-3
     hutchinson_batches: int = 3
     delta_every: int = 10  # epochs between Hessian-trace estimates
+    delta_scale: float = 1.0  # multiplies the estimated delta (1 is METHOD.md's formula; an ablation knob)
     delta_warmup: int = 0  # epochs with delta = 0 before the first estimate
     hashgnn_soft: bool = False
     hashgnn_soft_p0: float = 1.0  # probability of using the continuous value at epoch 0
@@ -95,7 +96,7 @@ class Config:
         need(self.estimator in ("gste", "ste"), "estimator", "gste | ste")
         need(self.scale_mode in ("learned", "calibrated"), "scale_mode", "learned | calibrated")
         need(self.fp_loss_weight >= 0, "fp_loss_weight", ">= 0")
-        need(self.ste_window >= 1, "ste_window", ">= 1")
+        need(self.ste_window > 0, "ste_window", "> 0")
         need(isinstance(self.negatives, int) and self.negatives >= 1, "negatives", "an integer >= 1")
         need(self.negative_sampling in ("uniform", "hard"), "negative_sampling", "uniform | hard")
         need(self.positive_sampling in ("interactions", "users"), "positive_sampling", "interactions | users")
@@ -103,6 +104,7 @@ class Config:
         need(self.hutchinson_tol >= 0, "hutchinson_tol", ">= 0")
         need(self.hutchinson_batches >= 1, "hutchinson_batches", ">= 1")
         need(self.delta_every >= 1, "delta_every", ">= 1")
+        need(self.delta_scale >= 0, "delta_scale", ">= 0")
         need(self.delta_warmup >= 0, "delta_warmup", ">= 0")
         need(0 <= self.hashgnn_soft_p0 <= 1, "hashgnn_soft_p0", "a probability in [0, 1]")
         need(0 <= self.hashgnn_soft_decay <= 1, "hashgnn_soft_decay", "in [0, 1]")

@@ -151,9 +151,9 @@ def parse_shard(text: Optional[str]) -> tuple[int, int]:
 
 
 def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, shard: Optional[str] = None,
-                   seeds: Optional[list[int]] = None) -> Path:
+                   seeds: Optional[list[int]] = None, report_only: bool = False) -> Path:
     """Run the unfinished cells (of one shard, for parallel workers; of some seeds only, for a
-    first look) and write the report of every finished cell."""
+    first look; none with ``report_only``) and write the report of every finished cell."""
     from .api import Recommender, prepare_data
 
     spec = load_experiment(path)
@@ -165,7 +165,7 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
     chosen = [(c, cfg) for c, cfg in zip(all_cells, configs) if seeds is None or c.seed in seeds]
     if not chosen:
         raise ConfigError(f"--seeds {' '.join(map(str, seeds or []))}: no cell of {path} has these seeds")
-    mine = [pair for j, pair in enumerate(chosen) if j % count == index]
+    mine = [] if report_only else [pair for j, pair in enumerate(chosen) if j % count == index]
     data_cache: dict = {}
     bar = tqdm(total=len(mine), desc=f"experiment {spec['name']}", unit="run", disable=not progress)
     for cell, cfg in mine:

@@ -119,9 +119,12 @@ class QuantizedModel(ScoringModel):
         for name, quantizer in (("user", self.user_quantizer), ("item", self.item_quantizer)):
             tr, sd, n = stats[name]
             tr, sd = tr / max(n, 1), sd / max(n, 1)
-            delta = max(tr / (3.0 * sd), 0.0) if sd > 0 else 0.0
+            formula = max(tr / (3.0 * sd), 0.0) if sd > 0 else 0.0
+            delta = formula * cfg.delta_scale
             quantizer.delta.fill_(delta)
             log[f"delta_{name}"] = delta
+            if cfg.delta_scale != 1.0:
+                log[f"delta_formula_{name}"] = formula
             log[f"trace_per_entry_{name}"] = tr
             log[f"grad_std_{name}"] = sd
         log["hutchinson_probes"] = probes

@@ -66,7 +66,7 @@ class GSTEQuantize(torch.autograd.Function):
     with z - k/2 the quantization error in units of the step s (so delta is
     scale-free; held within +-1/2 beyond the grid). delta = 0 is the clipped
     straight-through estimator. The window w (setting ``ste_window``, default 1)
-    is the clipping range in units of the grid's range.
+    is the clipping range in units of the grid's range (below 1 it clips inside the grid).
     ``clip_gradient=False`` is HashGNN's estimator: codes sign(tanh(z)) with the identity
     STE across the sign, i.e. d L / d x = g * (1 - tanh(z)^2), no hard clipping.
     """
