@@ -294,7 +294,7 @@ def test_gathered_bpr_matches_autograd_composition():
     ref_gu, ref_gi = torch.autograd.grad(2.5 * ref, (U, I))
     got = gathered_bpr_loss(U, I, users, pos, neg)
     gu, gi = torch.autograd.grad(2.5 * got, (U, I))
-    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     torch.testing.assert_close(gu, ref_gu)
     torch.testing.assert_close(gi, ref_gi)
 
@@ -313,7 +313,7 @@ def test_gathered_bpr_with_several_negatives_equals_repeated_pairs():
     ref_gu, ref_gi = torch.autograd.grad(1.5 * ref, (U, I))
     got = gathered_bpr_loss(U, I, users, pos, neg)
     gu, gi = torch.autograd.grad(1.5 * got, (U, I))
-    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     torch.testing.assert_close(gu, ref_gu)
     torch.testing.assert_close(gi, ref_gi)
 
@@ -328,7 +328,7 @@ def test_l2_penalty_with_several_negatives_counts_users_and_positives_per_pair(b
     neg = torch.randint(0, 8, (batch, 3), generator=g)
     got = enc.l2_penalty(users, pos, neg)
     expected = enc.l2_penalty(users.repeat_interleave(3), pos.repeat_interleave(3), neg.reshape(-1))
-    assert float(got) == pytest.approx(float(expected), rel=1e-12)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
     (ge,) = torch.autograd.grad(got, enc.embedding)
     (gx,) = torch.autograd.grad(expected, enc.embedding)
     torch.testing.assert_close(ge, gx)
@@ -345,7 +345,7 @@ def test_l2_penalty_equals_sum_over_batch_rows(batch):
     E = enc.embedding
     expected = 0.5 * (E[users].pow(2).sum() + E[6 + pos].pow(2).sum() + E[6 + neg].pow(2).sum()) / batch
     got = enc.l2_penalty(users, pos, neg)
-    assert float(got) == pytest.approx(float(expected), rel=1e-12)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
     (ge,) = torch.autograd.grad(got, E)
     (gx,) = torch.autograd.grad(expected, E)
     torch.testing.assert_close(ge, gx)

@@ -336,7 +336,8 @@ def plot_report(rows: list[dict], cells: list[Cell], metrics: list[str], out: Pa
         ax.set_xlabel("training seconds")
         ax.set_ylabel(f"{metrics[0]} (monitored split)")
         ax.set_title(f"{dataset}: training curves (seed {first_seed})")
-        ax.legend(fontsize=7, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(out / f"{dataset}-curves.png", dpi=110)
         plt.close(fig)
