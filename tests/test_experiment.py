@@ -130,3 +130,16 @@ def test_report_keeps_named_variants_apart(tmp_path):
     assert sorted(r.split(",")[1] for r in rows[1:]) == ["hqgnn", "hqgnn-wide"]
     summary = (report / "summary.md").read_text()
     assert "| hqgnn-wide | 1 | 1 |" in summary and "| hqgnn | 1 | 1 |" in summary
+
+
+def test_summary_names_single_seed_gains_instead_of_a_p_value():
+    from hqgnn.experiment import summarise
+
+    rows = [{"dataset": "d", "model": "hashgnn", "bits": 1, "seed": s, "recall@50": 0.2 + s / 100} for s in (1, 2)]
+    rows += [{"dataset": "d", "model": "lsh", "bits": 1, "seed": 1, "recall@50": 0.11}]
+    rows += [{"dataset": "d", "model": "hqgnn", "bits": 1, "seed": s, "recall@50": 0.22 + s / 100} for s in (1, 2)]
+    text = summarise(rows, ["recall@50"], {"model": "hashgnn", "bits": 1})
+    lsh = next(line for line in text.splitlines() if line.startswith("| lsh"))
+    hq = next(line for line in text.splitlines() if line.startswith("| hqgnn"))
+    assert "-47.6% (1 seed)" in lsh and "nan" not in text
+    assert "(p=0)" in hq  # a constant paired difference: p = 0

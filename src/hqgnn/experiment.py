@@ -241,7 +241,8 @@ def summarise(rows: list[dict], metrics: list[str], reference: Optional[dict]) -
                         cells.append("—")
                     else:
                         gain = (np.mean(mine) / np.mean(theirs) - 1) * 100
-                        cells.append(f"{gain:+.1f}% (p={paired_test(mine, theirs):.3g})")
+                        p = paired_test(mine, theirs)
+                        cells.append(f"{gain:+.1f}% (p={p:.3g})" if not math.isnan(p) else f"{gain:+.1f}% ({len(seeds)} seed)")
             cells.append(f"{np.mean([g.get('train_seconds', 0) for g in grp]):.0f}")
             size = grp[0].get("total_bytes", grp[0].get("float32_bytes"))
             cells.append(f"{size / 1e6:.3g}" if size else "—")

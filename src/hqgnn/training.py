@@ -299,6 +299,7 @@ class Trainer:
                 "selected_by": selected_by,
                 "stopped_early": self.stopped_early,
                 "peak_rss_mb": round(peak_rss_mb(), 1),
+                "device": str(self.device),
                 **self.model.describe(),
             }
         )
