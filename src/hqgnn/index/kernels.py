@@ -369,8 +369,11 @@ class Int8MatmulKernel:
 class Int8DotKernel(Int8MatmulKernel):
     """:class:`Int8MatmulKernel`'s integer scores, searched by the compiled int8 dot-product
     loop (:class:`hqgnn.index.compiled.FusedDotSearch`: AVX-512 VNNI, eight queries per pass
-    over the items, the selection fused). Only where :func:`available` says so; the
-    matrix-product methods it inherits serve :func:`all_scores`."""
+    over the items, the selection fused). Only where :func:`available` says so.
+
+    Queries stay unsigned codes (what the fused search reads), and no int8 item table is
+    held: the matrix-product form that :func:`all_scores` and an unfused search use is
+    built on first use only."""
 
     name = "int8-dot"
 
@@ -379,27 +382,35 @@ class Int8DotKernel(Int8MatmulKernel):
         return _compiled.vnni_available()
 
     def __init__(self, codes: np.ndarray, bits: int):
-        super().__init__(codes, bits)
-        self._codes = np.asarray(codes)
+        if not 1 <= bits <= 8:
+            raise ValueError(f"int8 products hold b <= 8 bits, got {bits}")
+        self.bits = bits
+        self.shifted = bits == 8
+        self._codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self.n_items, self.dim = self._codes.shape
+        self.dtype = self.score_dtype = np.dtype(np.int32)
         self._fused = None
+        self._matmul = None
 
-    def fused(self) -> "_LevelsToCodes":
+    def prepare(self, queries: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(queries, dtype=np.uint8)
+
+    def _products(self) -> Int8MatmulKernel:
+        if self._matmul is None:
+            self._matmul = Int8MatmulKernel(self._codes, self.bits)
+        return self._matmul
+
+    def subset(self, idx: np.ndarray) -> Int8MatmulKernel:
+        return self._products().subset(idx)
+
+    def fill(self, q, lo, hi, out, ilo, ihi, tmp) -> None:
+        mm = self._products()
+        mm.fill(mm.prepare(q[lo:hi]), 0, hi - lo, out, ilo, ihi, tmp)
+
+    def fused(self):
         if self._fused is None:
-            self._fused = _LevelsToCodes(_compiled.FusedDotSearch(self._codes, self.bits), self.bits)
+            self._fused = _compiled.FusedDotSearch(self._codes, self.bits)
         return self._fused
-
-
-class _LevelsToCodes:
-    """Adapts the int8 levels that :meth:`Int8MatmulKernel.prepare` gives back to the codes
-    the compiled dot search takes (the inverse of ``_int8``)."""
-
-    def __init__(self, search, bits: int):
-        self.search_codes, self.bits = search, bits
-
-    def search(self, levels: np.ndarray, k: int, exclude, threads: int):
-        v = np.asarray(levels, dtype=np.int16)
-        codes = (v + 128) if self.bits == 8 else (v + (2**self.bits - 1)) // 2
-        return self.search_codes.search(codes.astype(np.uint8), k, exclude, threads)
 
 
 # ---------------------------------------------------------------- driver
