@@ -14,7 +14,8 @@ Measures on this machine, side by side in one process:
 * and, from a finished run folder (``--run``), the Recall@20 / NDCG@20 curve
   over wall time of the full training, plus its final test metrics.
 
-Prints a Markdown table and writes it to benchmarks/results/foundation-<data>.md.
+Prints a Markdown table and writes it to benchmarks/results/foundation-<data>.md (keeping that
+file's hand-written "## Settings tried" section).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def timed(fn, repeat=3):
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+KEPT_SECTION = "## Settings tried"
 
 
 def main() -> None:
@@ -145,6 +149,9 @@ def main() -> None:
     print(text)
     out = Path("benchmarks/results") / f"foundation-{name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # a hand-written "## Settings tried" section of the previous file is kept
+    if out.is_file() and KEPT_SECTION in (old := out.read_text()):
+        text += "\n" + old[old.index(KEPT_SECTION):]
     out.write_text(text)
 
 
