@@ -281,41 +281,38 @@ def test_training_reduces_the_loss(data, small_settings):
     assert losses[-1] < losses[0] * 0.9
 
 
-def test_gathered_bpr_matches_autograd_composition():
+def _assert_gathered_bpr_matches_composition(seed, users, pos, neg, ref_rows, weight):
+    """gathered_bpr_loss(U, I, users, pos, neg) against autograd's bpr_loss over the rows
+    ``ref_rows = (user rows, positive rows, negative rows)``: value and gradients, float64."""
     from hqgnn.models.base import bpr_loss, gathered_bpr_loss
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     U = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
     I = torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    users = torch.tensor([0, 3, 3, 6, 1, 0])  # repeated rows must accumulate
-    pos = torch.tensor([2, 2, 8, 0, 5, 5])
-    neg = torch.tensor([1, 4, 2, 2, 0, 8])  # an item both positive and negative in the batch
-    ref = bpr_loss(U[users], I[pos], I[neg])
-    ref_gu, ref_gi = torch.autograd.grad(2.5 * ref, (U, I))
+    ru, rp, rn = ref_rows
+    ref = bpr_loss(U[ru], I[rp], I[rn])
+    ref_gu, ref_gi = torch.autograd.grad(weight * ref, (U, I))
     got = gathered_bpr_loss(U, I, users, pos, neg)
-    gu, gi = torch.autograd.grad(2.5 * got, (U, I))
+    gu, gi = torch.autograd.grad(weight * got, (U, I))
     assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     torch.testing.assert_close(gu, ref_gu)
     torch.testing.assert_close(gi, ref_gi)
 
 
-def test_gathered_bpr_with_several_negatives_equals_repeated_pairs():
-    from hqgnn.models.base import bpr_loss, gathered_bpr_loss
+def test_gathered_bpr_matches_autograd_composition():
+    users = torch.tensor([0, 3, 3, 6, 1, 0])  # repeated rows must accumulate
+    pos = torch.tensor([2, 2, 8, 0, 5, 5])
+    neg = torch.tensor([1, 4, 2, 2, 0, 8])  # an item both positive and negative in the batch
+    _assert_gathered_bpr_matches_composition(0, users, pos, neg, (users, pos, neg), 2.5)
 
-    g = torch.Generator().manual_seed(1)
-    U = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    I = torch.randn(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+
+def test_gathered_bpr_with_several_negatives_equals_repeated_pairs():
     users = torch.tensor([0, 3, 3, 6])  # a repeated user
     pos = torch.tensor([2, 2, 8, 0])
     neg = torch.tensor([[1, 4, 2], [2, 2, 0], [8, 8, 8], [0, 5, 1]])  # repeats, and item 2 both pos and neg
     n = neg.shape[1]
-    ref = bpr_loss(U[users.repeat_interleave(n)], I[pos.repeat_interleave(n)], I[neg.reshape(-1)])
-    ref_gu, ref_gi = torch.autograd.grad(1.5 * ref, (U, I))
-    got = gathered_bpr_loss(U, I, users, pos, neg)
-    gu, gi = torch.autograd.grad(1.5 * got, (U, I))
-    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
-    torch.testing.assert_close(gu, ref_gu)
-    torch.testing.assert_close(gi, ref_gi)
+    repeated = (users.repeat_interleave(n), pos.repeat_interleave(n), neg.reshape(-1))
+    _assert_gathered_bpr_matches_composition(1, users, pos, neg, repeated, 1.5)
 
 
 @pytest.mark.parametrize("batch", [2, 40])  # the gathering branch and the counting branch

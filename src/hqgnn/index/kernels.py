@@ -311,11 +311,15 @@ class Int8MatmulKernel:
     item_chunk = 8192
     name = "int8-mm"
 
+    @staticmethod
+    def _check_bits(bits: int) -> None:
+        if not 1 <= bits <= 8:
+            raise ValueError(f"int8 products hold b <= 8 bits, got {bits}")
+
     def __init__(self, codes: np.ndarray, bits: int):
         import torch
 
-        if not 1 <= bits <= 8:
-            raise ValueError(f"int8 products hold b <= 8 bits, got {bits}")
+        self._check_bits(bits)
         self._torch = torch
         self.bits = bits
         self.shifted = bits == 8
@@ -382,10 +386,8 @@ class Int8DotKernel(Int8MatmulKernel):
         return _compiled.vnni_available()
 
     def __init__(self, codes: np.ndarray, bits: int):
-        if not 1 <= bits <= 8:
-            raise ValueError(f"int8 products hold b <= 8 bits, got {bits}")
+        self._check_bits(bits)
         self.bits = bits
-        self.shifted = bits == 8
         self._codes = np.ascontiguousarray(codes, dtype=np.uint8)
         self.n_items, self.dim = self._codes.shape
         self.dtype = self.score_dtype = np.dtype(np.int32)
