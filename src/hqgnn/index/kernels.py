@@ -294,7 +294,30 @@ class IntMatmulKernel:
         return vals
 
 
-class Int8MatmulKernel:
+class _Int8ScoreKernel:
+    """What the two int8 kernels share: int32 scores (larger is better), query rows, the bits check."""
+
+    largest = True
+    row_block = 256
+    item_chunk = 8192
+    dtype = score_dtype = np.dtype(np.int32)
+
+    @staticmethod
+    def _check_bits(bits: int) -> None:
+        if not 1 <= bits <= 8:
+            raise ValueError(f"int8 products hold b <= 8 bits, got {bits}")
+
+    def n_queries(self, q: np.ndarray) -> int:
+        return q.shape[0]
+
+    def take(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return q[rows]
+
+    def to_scores(self, vals: np.ndarray) -> np.ndarray:
+        return vals
+
+
+class Int8MatmulKernel(_Int8ScoreKernel):
     """Integer-only ``<k_u, k_i>`` by int8 x int8 -> int32 matrix products (``torch._int_mm``).
 
     The odd levels ``k = 2c - (2^b - 1)`` fit int8 for ``b <= 7`` (``|k| <= 127``). At
@@ -306,15 +329,7 @@ class Int8MatmulKernel:
     multiply-adds per instruction of float32 sgemm.
     """
 
-    largest = True
-    row_block = 256
-    item_chunk = 8192
     name = "int8-mm"
-
-    @staticmethod
-    def _check_bits(bits: int) -> None:
-        if not 1 <= bits <= 8:
-            raise ValueError(f"int8 products hold b <= 8 bits, got {bits}")
 
     def __init__(self, codes: np.ndarray, bits: int):
         import torch
@@ -329,7 +344,6 @@ class Int8MatmulKernel:
         self.items_t = torch.from_numpy(levels.T.copy())  # (d, N) int8
         self.dim, self.n_items = self.items_t.shape
         self.item_bias = 2 * levels.sum(axis=1, dtype=np.int32) if self.shifted else None
-        self.dtype = self.score_dtype = np.dtype(np.int32)
 
     def _int8(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes, dtype=np.int16)
@@ -339,12 +353,6 @@ class Int8MatmulKernel:
 
     def prepare(self, queries: np.ndarray) -> np.ndarray:
         return self._int8(queries)
-
-    def n_queries(self, q: np.ndarray) -> int:
-        return q.shape[0]
-
-    def take(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return q[rows]
 
     def subset(self, idx: np.ndarray) -> "Int8MatmulKernel":
         sub = Int8MatmulKernel.__new__(Int8MatmulKernel)
@@ -366,11 +374,8 @@ class Int8MatmulKernel:
         out += self.item_bias[ilo:ihi]
         out += (2 * q[lo:hi].sum(axis=1, dtype=np.int32) + self.dim)[:, None]
 
-    def to_scores(self, vals: np.ndarray) -> np.ndarray:
-        return vals
 
-
-class Int8DotKernel(Int8MatmulKernel):
+class Int8DotKernel(_Int8ScoreKernel):
     """:class:`Int8MatmulKernel`'s integer scores, searched by the compiled int8 dot-product
     loop (:class:`hqgnn.index.compiled.FusedDotSearch`: AVX-512 VNNI, eight queries per pass
     over the items, the selection fused). Only where :func:`available` says so.
@@ -390,7 +395,6 @@ class Int8DotKernel(Int8MatmulKernel):
         self.bits = bits
         self._codes = np.ascontiguousarray(codes, dtype=np.uint8)
         self.n_items, self.dim = self._codes.shape
-        self.dtype = self.score_dtype = np.dtype(np.int32)
         self._fused = None
         self._matmul = None
 
