@@ -143,3 +143,43 @@ def test_summary_names_single_seed_gains_instead_of_a_p_value():
     hq = next(line for line in text.splitlines() if line.startswith("| hqgnn"))
     assert "-47.6% (1 seed)" in lsh and "nan" not in text
     assert "(p=0)" in hq  # a constant paired difference: p = 0
+
+
+def test_post_hoc_cells_quantize_mf_when_the_grid_has_no_lightgcn(tmp_path):
+    from hqgnn.experiment import cell_config, full_precision_model
+
+    path = _write(tmp_path, cells=[{"model": "mf"}, {"model": "ptq", "bits": 4}],
+                  settings={"synthetic_users": 60, "synthetic_items": 40, "epochs": 2, "batch_size": 128, "dim": 8,
+                            "layers": 0, "threads": 1, "val_fraction": 0.0, "eval_split": "test", "patience": 0})
+    cells = expand_cells(load_experiment(path))
+    assert full_precision_model(cells, "syn") == "mf"
+    ptq = [c for c in cells if c.model == "ptq"][0]
+    assert cell_config(ptq, tmp_path / "out", "mf").from_run.endswith("mf/seed1")
+    assert main(["experiment", str(path), "--quiet"]) == 0
+    rows = (tmp_path / "out" / "reports" / "tiny" / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # mf and ptq-b4 for both seeds: ptq found its mf runs
+    # with a lightgcn cell as well, lightgcn is the source
+    both = expand_cells(load_experiment(_write(tmp_path, cells=[{"model": "mf"}, {"model": "lightgcn"}])))
+    assert full_precision_model(both, "syn") == "lightgcn"
+
+
+def test_compare_table_pairs_seeds_at_each_shared_bit_width():
+    from hqgnn.experiment import compare_pairs
+
+    def row(model, bits, seed, r):
+        return {"dataset": "d", "model": model, "bits": bits, "seed": seed, "recall@50": r}
+
+    rows = [row("hqgnn", 1, 1, 0.30), row("hqgnn", 1, 2, 0.32), row("hqgnn", 1, 3, 0.34),
+            row("ste", 1, 1, 0.20), row("ste", 1, 2, 0.23), row("ste", 1, 3, 0.25),
+            row("hqgnn", 2, 1, 0.5), row("ste", 2, 2, 0.4),  # no common seed at 2 bits
+            row("hqgnn", 4, 1, 0.6)]  # no ste at 4 bits
+    text = compare_pairs(rows, ["recall@50"], [["hqgnn", "ste"], ["hqgnn", "hashgnn"]])
+    table = [line for line in text.splitlines() if line.startswith("| d |")]
+    # means 0.32 / 0.2267: +41.2%; differences 0.10, 0.09, 0.09 -> t = 0.0933 / (0.00577 / sqrt 3) = 28.0, p = 0.00127
+    assert table == ["| d | 1 | 3 | 0.3200 / 0.2267 | +41.2% (p=0.00127) |"]
+    assert "No bit width has finished runs of both hqgnn and hashgnn" in text
+
+
+def test_compare_must_name_pairs(tmp_path):
+    with pytest.raises(ConfigError, match="compare must be a list of model pairs"):
+        load_experiment(_write(tmp_path, compare=["hqgnn", "ste"]))

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hqgnn.config import Config
+from hqgnn.errors import CheckpointError
 from hqgnn.models.base import bpr_loss
 from hqgnn.models.hutchinson import hutchinson_trace
 from hqgnn.models.quantizer import GSTEQuantize, Quantizer, codes_to_unsigned, grid_codes, unsigned_to_codes
@@ -245,6 +246,11 @@ def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
         assert m["recall@20"] > 0.3 * fp["recall@20"]
     # 8-bit post-training quantization is nearly lossless
     assert m["recall@20"] == pytest.approx(fp["recall@20"], rel=0.05)
+    # codes of embeddings propagated otherwise than the run was trained are refused, not made
+    cfg = Config.load(overrides=["model=ptq", "bits=4", f"from_run={tmp_path / 'fp'}", "threads=1", "dim=16", "layers=1",
+                                 "val_fraction=0", "eval_split=test"])
+    with pytest.raises(CheckpointError, match=r"fp.model\.pt: from_run propagates 3 layers, this ptq run 1 \(set layers=3\)"):
+        Trainer(cfg, small_data, None, progress=False).fit()
 
 
 def test_export_codes_equal_training_quantizer(small_data):

@@ -16,6 +16,7 @@ An experiment file::
       - {model: hqgnn, bits: 1, name: hqgnn-w2, settings: {ste_window: 2}}   # a named variant
       - {model: ste, bits: 2, seeds: [1]}  # a cell's own seeds
     reference: {model: hashgnn, bits: 1} # paired tests against this cell
+    compare: [[hqgnn, ste]]              # head-to-head tables: hqgnn vs ste at every shared bit width
     metrics: [recall@50, ndcg@50]
 
 Every cell is a normal run folder ``OUT/DATASET/MODEL-bB/seedS``; a cell with
@@ -23,7 +24,11 @@ Every cell is a normal run folder ``OUT/DATASET/MODEL-bB/seedS``; a cell with
 resumed. The report, in ``OUT/reports/NAME/``: ``results.csv`` (one row per run), ``summary.md`` (mean
 +- std over seeds, gain and paired t-test p-value against the reference), and
 PNG plots (metric against bits with the full-precision line, model size
-against bits, training curves).
+against bits, training curves); ``compare`` adds a paired head-to-head table per
+pair of models at each bit width both were run at.
+
+Post-hoc cells (``lsh``, ``ptq``) quantize the full-precision cell of the same
+data set and seed: ``lightgcn`` when the grid has one, else ``mf``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from .config import POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
 from .errors import ConfigError
 from .storage import write_text_atomic
 
-_KEYS = {"name", "out", "datasets", "config", "settings", "seeds", "cells", "reference", "metrics"}
+_KEYS = {"name", "out", "datasets", "config", "settings", "seeds", "cells", "reference", "compare", "metrics"}
+FULL_PRECISION = ("lightgcn", "mf")
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,10 @@ def load_experiment(path) -> dict:
             raise ConfigError(f"{path}: experiment needs {key!r}")
     if not isinstance(spec["datasets"], dict):
         raise ConfigError(f"{path}: datasets must map names to paths, e.g. {{ml-1m: ../shared/data/ml-1m}}")
+    compare = spec.setdefault("compare", [])
+    if not isinstance(compare, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair) for pair in compare):
+        raise ConfigError(f"{path}: compare must be a list of model pairs, e.g. [[hqgnn, ste]], got {compare!r}")
     spec.setdefault("seeds", [2020])
     spec.setdefault("metrics", ["recall@50", "ndcg@50"])
     spec.setdefault("name", Path(path).stem)
@@ -127,12 +137,18 @@ def expand_cells(spec: dict) -> list[Cell]:
     return sorted(cells, key=lambda c: (c.model in POST_HOC_MODELS, c.dataset))
 
 
-def cell_config(cell: Cell, out: Path) -> Config:
+def full_precision_model(cells: list[Cell], dataset: str) -> str:
+    """The full-precision model whose runs a data set's post-hoc cells quantize: lightgcn, else mf."""
+    present = {c.model for c in cells if c.dataset == dataset}
+    return next((m for m in FULL_PRECISION if m in present), "lightgcn")
+
+
+def cell_config(cell: Cell, out: Path, source: str = "lightgcn") -> Config:
     extra = {"model": cell.model, "seed": cell.seed, "data": cell.data_path}
     if cell.bits is not None:
         extra["bits"] = cell.bits
     if cell.model in POST_HOC_MODELS:
-        extra["from_run"] = str(Cell(cell.dataset, cell.data_path, "lightgcn", None, cell.seed, None, ()).run_dir(out))
+        extra["from_run"] = str(Cell(cell.dataset, cell.data_path, source, None, cell.seed, None, ()).run_dir(out))
     cfg = Config.load(cell.config, None, extra)
     return cfg.updated(dict(cell.settings), "experiment settings").validate()
 
@@ -160,7 +176,8 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
     out = Path(out_dir or spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     all_cells = expand_cells(spec)
-    configs = [cell_config(c, out) for c in all_cells]  # validate every cell before running any
+    # validate every cell before running any
+    configs = [cell_config(c, out, full_precision_model(all_cells, c.dataset)) for c in all_cells]
     index, count = parse_shard(shard)
     chosen = [(c, cfg) for c, cfg in zip(all_cells, configs) if seeds is None or c.seed in seeds]
     if not chosen:
@@ -211,6 +228,13 @@ def paired_test(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_rel(a, b).pvalue)
 
 
+def gain_with_p(mine: list[float], theirs: list[float]) -> str:
+    """Relative gain of the mean of ``mine`` over ``theirs`` (paired by seed), with the p-value."""
+    gain = (np.mean(mine) / np.mean(theirs) - 1) * 100
+    p = paired_test(mine, theirs)
+    return f"{gain:+.1f}% (p={p:.3g})" if not math.isnan(p) else f"{gain:+.1f}% ({len(mine)} seed)"
+
+
 def summarise(rows: list[dict], metrics: list[str], reference: Optional[dict]) -> str:
     lines = []
     for dataset in sorted({r["dataset"] for r in rows}):
@@ -227,7 +251,7 @@ def summarise(rows: list[dict], metrics: list[str], reference: Optional[dict]) -
         head += ["train s", "size (MB)", "compression"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
-        for (model, bits), grp in sorted(groups.items(), key=lambda kv: (kv[0][0] != "lightgcn", kv[0][0], kv[0][1])):
+        for (model, bits), grp in sorted(groups.items(), key=lambda kv: (kv[0][0] not in FULL_PRECISION, kv[0][0], kv[0][1])):
             cells = [model, str(bits), str(len(grp))]
             for m in metrics:
                 v = np.array([g[m] for g in grp])
@@ -240,15 +264,41 @@ def summarise(rows: list[dict], metrics: list[str], reference: Optional[dict]) -
                     if (model, bits) == ref_key or not seeds:
                         cells.append("—")
                     else:
-                        gain = (np.mean(mine) / np.mean(theirs) - 1) * 100
-                        p = paired_test(mine, theirs)
-                        cells.append(f"{gain:+.1f}% (p={p:.3g})" if not math.isnan(p) else f"{gain:+.1f}% ({len(seeds)} seed)")
+                        cells.append(gain_with_p(mine, theirs))
             cells.append(f"{np.mean([g.get('train_seconds', 0) for g in grp]):.0f}")
             size = grp[0].get("total_bytes", grp[0].get("float32_bytes"))
             cells.append(f"{size / 1e6:.3g}" if size else "—")
             cells.append(f"{grp[0].get('compression_ratio', 1.0):.1f}x")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def compare_pairs(rows: list[dict], metrics: list[str], pairs: list[list[str]]) -> str:
+    """Head-to-head tables: model a against model b at each bit width both have, over the
+    seeds both finished (gain of a's mean over b's, paired t-test)."""
+    lines = []
+    for a, b in pairs:
+        lines.append(f"### {a} vs {b}\n")
+        table = []
+        for dataset in sorted({r["dataset"] for r in rows}):
+            runs = {(r["model"], r["bits"], r["seed"]): r for r in rows if r["dataset"] == dataset}
+            for bits in sorted({k[1] for k in runs if k[0] == a} & {k[1] for k in runs if k[0] == b}):
+                seeds = sorted({k[2] for k in runs if k[:2] == (a, bits)} & {k[2] for k in runs if k[:2] == (b, bits)})
+                if not seeds:
+                    continue
+                means, gains = [], []
+                for m in metrics:
+                    mine = [runs[(a, bits, s)][m] for s in seeds]
+                    theirs = [runs[(b, bits, s)][m] for s in seeds]
+                    means.append(f"{np.mean(mine):.4f} / {np.mean(theirs):.4f}")
+                    gains.append(gain_with_p(mine, theirs))
+                table.append("| " + " | ".join([dataset, str(bits), str(len(seeds))] + means + gains) + " |")
+        if not table:
+            lines += [f"No bit width has finished runs of both {a} and {b} with a common seed.", ""]
+            continue
+        head = ["dataset", "bits", "seeds"] + [f"{m}: {a} / {b}" for m in metrics] + [f"{m} gain (p)" for m in metrics]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *table, ""]
     return "\n".join(lines)
 
 
@@ -272,6 +322,8 @@ def write_report(spec: dict, cells: list[Cell], out: Path) -> None:
     write_text_atomic(out / "results.csv", buf.getvalue())
     metrics = list(spec["metrics"])
     text = f"# {spec['name']}\n\n{summarise(rows, metrics, spec.get('reference'))}"
+    if spec.get("compare"):
+        text += "\n" + compare_pairs(rows, metrics, spec["compare"])
     write_text_atomic(out / "summary.md", text)
     plot_report(rows, cells, metrics, out, cells_root)
 

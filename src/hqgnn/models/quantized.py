@@ -220,6 +220,12 @@ class PostHocModel(QuantizedModel):
             raise CheckpointError(f"{path}: corrupt model file ({type(exc).__name__})") from None
         if state.get("config", {}).get("model") not in ("lightgcn", "mf"):
             raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn run, got {state.get('config', {}).get('model')!r}")
+        # the post-hoc codes must quantize the embeddings the run was trained to produce
+        run_cfg = state.get("config", {})
+        run_layers = 0 if run_cfg.get("model") == "mf" else run_cfg.get("layers")
+        if run_layers != self.encoder.layers:
+            raise CheckpointError(f"{path}: from_run propagates {run_layers} layers, this {self.cfg.model} run "
+                                  f"{self.encoder.layers} (set layers={run_layers})")
         if state.get("data_fingerprint") != data.fingerprint():
             raise CheckpointError(f"{path}: from_run was trained on other data (fingerprint {state.get('data_fingerprint')})")
         emb = state["model"].get("encoder.embedding")
