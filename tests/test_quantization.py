@@ -251,6 +251,13 @@ def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
                                  "val_fraction=0", "eval_split=test"])
     with pytest.raises(CheckpointError, match=r"fp.model\.pt: from_run propagates 3 layers, this ptq run 1 \(set layers=3\)"):
         Trainer(cfg, small_data, None, progress=False).fit()
+    # and a quantized run is no source of full-precision embeddings
+    (tmp_path / "hq").mkdir()
+    torch.save({"config": {"model": "hqgnn", "layers": 3}, "model": {}}, tmp_path / "hq" / "model.pt")
+    cfg = Config.load(overrides=["model=lsh", f"from_run={tmp_path / 'hq'}", "threads=1", "dim=16", "val_fraction=0",
+                                 "eval_split=test"])
+    with pytest.raises(CheckpointError, match=r"hq.model\.pt: from_run must be a full-precision lightgcn or mf run, got 'hqgnn'"):
+        Trainer(cfg, small_data, None, progress=False).fit()
 
 
 def test_export_codes_equal_training_quantizer(small_data):

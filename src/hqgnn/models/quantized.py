@@ -218,10 +218,10 @@ class PostHocModel(QuantizedModel):
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
             raise CheckpointError(f"{path}: corrupt model file ({type(exc).__name__})") from None
-        if state.get("config", {}).get("model") not in ("lightgcn", "mf"):
-            raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn run, got {state.get('config', {}).get('model')!r}")
-        # the post-hoc codes must quantize the embeddings the run was trained to produce
         run_cfg = state.get("config", {})
+        if run_cfg.get("model") not in ("lightgcn", "mf"):
+            raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn or mf run, got {run_cfg.get('model')!r}")
+        # the post-hoc codes must quantize the embeddings the run was trained to produce
         run_layers = 0 if run_cfg.get("model") == "mf" else run_cfg.get("layers")
         if run_layers != self.encoder.layers:
             raise CheckpointError(f"{path}: from_run propagates {run_layers} layers, this {self.cfg.model} run "
