@@ -177,7 +177,8 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
     out.mkdir(parents=True, exist_ok=True)
     all_cells = expand_cells(spec)
     # validate every cell before running any
-    configs = [cell_config(c, out, full_precision_model(all_cells, c.dataset)) for c in all_cells]
+    sources = {d: full_precision_model(all_cells, d) for d in {c.dataset for c in all_cells}}
+    configs = [cell_config(c, out, sources[c.dataset]) for c in all_cells]
     index, count = parse_shard(shard)
     chosen = [(c, cfg) for c, cfg in zip(all_cells, configs) if seeds is None or c.seed in seeds]
     if not chosen:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from ..config import Config
 from .base import ScoringModel
-from .encoder import LightGCN
+from .encoder import LightGCN, propagation_layers
 
 
 def build_encoder(cfg: Config, n_users: int, n_items: int) -> LightGCN:
-    layers = 0 if cfg.model == "mf" else cfg.layers
+    layers = propagation_layers(cfg.model, cfg.layers)
     weights = cfg.layer_weights if cfg.model != "mf" else None
     return LightGCN(n_users, n_items, dim=cfg.dim, layers=layers, layer_weights=weights, init_std=cfg.init_std)
 

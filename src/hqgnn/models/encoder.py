@@ -15,6 +15,11 @@ from torch import nn
 from ..graph import propagate
 
 
+def propagation_layers(model: str, layers: int) -> int:
+    """The layers a model's encoder propagates: ``mf`` is LightGCN with none."""
+    return 0 if model == "mf" else layers
+
+
 class LightGCN(nn.Module):
     def __init__(
         self,

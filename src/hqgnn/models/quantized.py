@@ -24,7 +24,7 @@ import torch
 from ..config import Config
 from ..errors import CheckpointError
 from .base import ScoringModel, bpr_loss, choose_negatives, gathered_bpr_loss
-from .encoder import LightGCN
+from .encoder import LightGCN, propagation_layers
 from .hutchinson import hutchinson_trace
 from .quantizer import Quantizer
 
@@ -222,7 +222,7 @@ class PostHocModel(QuantizedModel):
         if run_cfg.get("model") not in ("lightgcn", "mf"):
             raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn or mf run, got {run_cfg.get('model')!r}")
         # the post-hoc codes must quantize the embeddings the run was trained to produce
-        run_layers = 0 if run_cfg.get("model") == "mf" else run_cfg.get("layers")
+        run_layers = propagation_layers(run_cfg.get("model"), run_cfg.get("layers"))
         if run_layers != self.encoder.layers:
             raise CheckpointError(f"{path}: from_run propagates {run_layers} layers, this {self.cfg.model} run "
                                   f"{self.encoder.layers} (set layers={run_layers})")
