@@ -238,10 +238,11 @@ def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
     base = Config.load(overrides=["epochs=20", "batch_size=256", "lr=0.02", "val_fraction=0", "eval_split=test",
                                   "patience=0", "threads=1", "dim=16", "eval_every=10"])
     fp = Trainer(base, small_data, tmp_path / "fp", progress=False).fit()
+    results = {}
     for model, bits in (("ptq", 4), ("lsh", 1), ("ptq", 8)):
         cfg = Config.load(overrides=[f"model={model}", f"bits={bits}", f"from_run={tmp_path / 'fp'}", "threads=1",
                                      "dim=16", "val_fraction=0", "eval_split=test"])
-        m = Trainer(cfg, small_data, None, progress=False).fit()
+        m = results[model, bits] = Trainer(cfg, small_data, None, progress=False).fit()
         assert m["bits"] == bits
         assert m["recall@20"] > 0.3 * fp["recall@20"]
     # 8-bit post-training quantization is nearly lossless
@@ -251,6 +252,15 @@ def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
                                  "val_fraction=0", "eval_split=test"])
     with pytest.raises(CheckpointError, match=r"fp.model\.pt: from_run propagates 3 layers, this ptq run 1 \(set layers=3\)"):
         Trainer(cfg, small_data, None, progress=False).fit()
+    # nor are other layer weights; the source's default weights written out are the same weights
+    common = ["model=ptq", "bits=4", f"from_run={tmp_path / 'fp'}", "threads=1", "dim=16", "val_fraction=0",
+              "eval_split=test"]
+    cfg = Config.load(overrides=common + ["layer_weights=[0.4,0.2,0.2,0.2]"])
+    with pytest.raises(CheckpointError, match=r"fp.model\.pt: from_run sums its layers with weights \[0\.25, 0\.25, 0\.25, 0\.25\], "
+                                              r"this ptq run with \[0\.4, 0\.2, 0\.2, 0\.2\]"):
+        Trainer(cfg, small_data, None, progress=False).fit()
+    cfg = Config.load(overrides=common + ["layer_weights=[0.25,0.25,0.25,0.25]"])
+    assert Trainer(cfg, small_data, None, progress=False).fit()["recall@20"] == pytest.approx(results["ptq", 4]["recall@20"])
     # and a quantized run is no source of full-precision embeddings
     (tmp_path / "hq").mkdir()
     torch.save({"config": {"model": "hqgnn", "layers": 3}, "model": {}}, tmp_path / "hq" / "model.pt")

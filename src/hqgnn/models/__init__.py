@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from ..config import Config
 from .base import ScoringModel
-from .encoder import LightGCN, propagation_layers
+from .encoder import LightGCN, propagation_layers, propagation_weights
 
 
 def build_encoder(cfg: Config, n_users: int, n_items: int) -> LightGCN:
     layers = propagation_layers(cfg.model, cfg.layers)
-    weights = cfg.layer_weights if cfg.model != "mf" else None
+    weights = propagation_weights(cfg.model, cfg.layers, cfg.layer_weights)
     return LightGCN(n_users, n_items, dim=cfg.dim, layers=layers, layer_weights=weights, init_std=cfg.init_std)
 
 

@@ -20,6 +20,15 @@ def propagation_layers(model: str, layers: int) -> int:
     return 0 if model == "mf" else layers
 
 
+def propagation_weights(model: str, layers: int, layer_weights: Optional[Sequence[float]] = None) -> tuple[float, ...]:
+    """The weights alpha_0 ... alpha_L a model's encoder sums its layers with: the given ones,
+    else 1 / (L + 1) each (``mf``: its one layer, weight 1)."""
+    layers = propagation_layers(model, layers)
+    if layer_weights is None or model == "mf":
+        return tuple([1.0 / (layers + 1)] * (layers + 1))
+    return tuple(float(w) for w in layer_weights)
+
+
 class LightGCN(nn.Module):
     def __init__(
         self,
@@ -32,11 +41,9 @@ class LightGCN(nn.Module):
     ):
         super().__init__()
         self.n_users, self.n_items, self.dim, self.layers = n_users, n_items, dim, layers
-        if layer_weights is None:
-            layer_weights = [1.0 / (layers + 1)] * (layers + 1)
-        if len(layer_weights) != layers + 1:
+        if layer_weights is not None and len(layer_weights) != layers + 1:
             raise ValueError(f"layer_weights needs {layers + 1} values, got {len(layer_weights)}")
-        self.layer_weights = tuple(float(w) for w in layer_weights)
+        self.layer_weights = propagation_weights("lightgcn", layers, layer_weights)
         self.embedding = nn.Parameter(torch.empty(n_users + n_items, dim))
         nn.init.normal_(self.embedding, std=init_std)
 

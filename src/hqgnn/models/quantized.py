@@ -24,7 +24,7 @@ import torch
 from ..config import Config
 from ..errors import CheckpointError
 from .base import ScoringModel, bpr_loss, choose_negatives, gathered_bpr_loss
-from .encoder import LightGCN, propagation_layers
+from .encoder import LightGCN, propagation_layers, propagation_weights
 from .hutchinson import hutchinson_trace
 from .quantizer import Quantizer
 
@@ -226,6 +226,10 @@ class PostHocModel(QuantizedModel):
         if run_layers != self.encoder.layers:
             raise CheckpointError(f"{path}: from_run propagates {run_layers} layers, this {self.cfg.model} run "
                                   f"{self.encoder.layers} (set layers={run_layers})")
+        run_weights = propagation_weights(run_cfg.get("model"), run_layers, run_cfg.get("layer_weights"))
+        if not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(run_weights, self.encoder.layer_weights)):
+            raise CheckpointError(f"{path}: from_run sums its layers with weights {list(run_weights)}, this "
+                                  f"{self.cfg.model} run with {list(self.encoder.layer_weights)} (set layer_weights to the run's)")
         if state.get("data_fingerprint") != data.fingerprint():
             raise CheckpointError(f"{path}: from_run was trained on other data (fingerprint {state.get('data_fingerprint')})")
         emb = state["model"].get("encoder.embedding")
