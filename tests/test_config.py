@@ -91,6 +91,7 @@ def test_unknown_key_names_key_and_origin(tmp_path):
         ("device=tpu", "device", "'tpu'"),
         ("dim=0", "dim", "0"),
         ("layer_weights=[0.5,0.5]", "layer_weights", "[0.5, 0.5]"),
+        ("delta_scale=.nan", "delta_scale", "nan"),
     ],
 )
 def test_out_of_range_names_key_and_value(pair, key, value):

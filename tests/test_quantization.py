@@ -123,13 +123,15 @@ def test_narrow_ste_window_clips_inside_the_grid():
 
 def test_delta_scale_multiplies_the_estimated_delta(small_data):
     deltas = {}
-    for scale in (1.0, 3.0):
+    for scale in (1.0, 3.0, -1.0):
         trainer, _, _ = _fit("hqgnn", small_data, bits=1, delta_every=4, epochs=2, delta_scale=scale)
         deltas[scale] = [h for h in trainer.history if h.get("event") == "epoch_start"][0]
     # the same seed gives the same weights at the first estimate, so the same formula value
     assert deltas[1.0]["delta_user"] > 0
     assert deltas[3.0]["delta_formula_user"] == pytest.approx(deltas[1.0]["delta_user"])
     assert deltas[3.0]["delta_user"] == pytest.approx(3 * deltas[1.0]["delta_user"])
+    # a negative scale reverses the correction (the diagnostic of its direction)
+    assert deltas[-1.0]["delta_item"] == pytest.approx(-deltas[1.0]["delta_item"])
 
 
 def test_hashgnn_estimator_is_identity_ste_through_tanh():

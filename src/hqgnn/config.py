@@ -7,6 +7,7 @@ unknown key or an out-of-range value raises ``ConfigError`` naming both.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,9 @@ class Config:
     hutchinson_tol: float = 1e-3
     hutchinson_batches: int = 3
     delta_every: int = 10  # epochs between Hessian-trace estimates
-    delta_scale: float = 1.0  # multiplies the estimated delta (1 is METHOD.md's formula; an ablation knob)
+    # multiplies the estimated delta: 1 is METHOD.md's formula, 0 is the STE; an ablation knob.
+    # A negative value reverses the GSTE's correction (a diagnostic of its direction, not the method)
+    delta_scale: float = 1.0
     delta_warmup: int = 0  # epochs with delta = 0 before the first estimate
     hashgnn_soft: bool = False
     hashgnn_soft_p0: float = 1.0  # probability of using the continuous value at epoch 0
@@ -104,7 +107,7 @@ class Config:
         need(self.hutchinson_tol >= 0, "hutchinson_tol", ">= 0")
         need(self.hutchinson_batches >= 1, "hutchinson_batches", ">= 1")
         need(self.delta_every >= 1, "delta_every", ">= 1")
-        need(self.delta_scale >= 0, "delta_scale", ">= 0")
+        need(math.isfinite(self.delta_scale), "delta_scale", "a finite number")
         need(self.delta_warmup >= 0, "delta_warmup", ">= 0")
         need(0 <= self.hashgnn_soft_p0 <= 1, "hashgnn_soft_p0", "a probability in [0, 1]")
         need(0 <= self.hashgnn_soft_decay <= 1, "hashgnn_soft_decay", "in [0, 1]")
