@@ -217,6 +217,12 @@ def collect(cells: list[Cell], out: Path) -> list[dict]:
     return rows
 
 
+def seed_std(values) -> float:
+    """The spread over seeds the reports show: the sample standard deviation (0 for one seed)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
 def paired_test(a: list[float], b: list[float]) -> float:
     """Two-sided paired t-test p-value (nan with fewer than 2 pairs or no variance)."""
     from scipy import stats
@@ -256,7 +262,7 @@ def summarise(rows: list[dict], metrics: list[str], reference: Optional[dict]) -
             cells = [model, str(bits), str(len(grp))]
             for m in metrics:
                 v = np.array([g[m] for g in grp])
-                cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
+                cells.append(f"{v.mean():.4f} ± {seed_std(v):.4f}")
             if ref:
                 for m in metrics:
                     seeds = [g["seed"] for g in grp if g["seed"] in ref]
@@ -346,7 +352,7 @@ def plot_report(rows: list[dict], cells: list[Cell], metrics: list[str], out: Pa
                         pts.setdefault(r["bits"], []).append(r[m])
                 bits = sorted(pts)
                 means = [np.mean(pts[b]) for b in bits]
-                stds = [np.std(pts[b]) for b in bits]
+                stds = [seed_std(pts[b]) for b in bits]
                 if model in ("lightgcn", "mf"):
                     ax.axhline(means[0], color="k", ls="--", label=f"{model} (float32)")
                 else:
