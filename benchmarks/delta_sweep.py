@@ -5,8 +5,8 @@
 
 Reads the experiment's report (``results.csv``) and the K of each cell (``ste`` is K = 0,
 ``hqgnn`` K = 1 unless its settings name ``delta_scale``), prints a Markdown table of
-mean +- std over seeds per bit width with the change against the STE, and writes ``delta-sweep.png`` and ``delta-sweep.md``
-beside the report (``--out`` elsewhere).
+mean +- std over seeds per bit width with the change against the STE, and writes
+``delta-sweep.png`` and ``delta-sweep.md`` beside the report (``--out`` elsewhere).
 """
 
 from __future__ import annotations
