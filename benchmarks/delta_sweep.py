@@ -81,11 +81,11 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(args.metrics), figsize=(6 * len(args.metrics), 4.2))
     for ax, m in zip(np.atleast_1d(axes), args.metrics):
         for bits in sorted({b for b, _ in cells}):
-            ks = sorted(k for b, k in cells if b == bits)
-            base = np.mean(cells[bits, 0.0][m]) if (bits, 0.0) in cells else None
-            if base is None:
+            if (bits, 0.0) not in cells:
                 continue
-            ax.errorbar(ks, [(np.mean(cells[bits, k][m]) / base - 1) * 100 for k in ks],
+            ks = sorted(k for b, k in cells if b == bits)
+            base = np.mean(cells[bits, 0.0][m])
+            ax.errorbar(ks, [vs_ste(bits, k, m) for k in ks],
                         yerr=[seed_std(cells[bits, k][m]) / base * 100 for k in ks],
                         marker="o", capsize=3, label=f"{bits} bit{'s' if bits > 1 else ''}")
         ax.axhline(0, color="grey", lw=0.8)

@@ -20,12 +20,17 @@ def propagation_layers(model: str, layers: int) -> int:
     return 0 if model == "mf" else layers
 
 
+def uniform_layer_weights(layers: int) -> tuple[float, ...]:
+    """LightGCN's default: alpha_l = 1 / (L + 1) for l = 0 ... L."""
+    return tuple([1.0 / (layers + 1)] * (layers + 1))
+
+
 def propagation_weights(model: str, layers: int, layer_weights: Optional[Sequence[float]] = None) -> tuple[float, ...]:
     """The weights alpha_0 ... alpha_L a model's encoder sums its layers with: the given ones,
-    else 1 / (L + 1) each (``mf``: its one layer, weight 1)."""
+    else uniform (``mf``: its one layer, weight 1)."""
     layers = propagation_layers(model, layers)
     if layer_weights is None or model == "mf":
-        return tuple([1.0 / (layers + 1)] * (layers + 1))
+        return uniform_layer_weights(layers)
     return tuple(float(w) for w in layer_weights)
 
 
@@ -43,7 +48,9 @@ class LightGCN(nn.Module):
         self.n_users, self.n_items, self.dim, self.layers = n_users, n_items, dim, layers
         if layer_weights is not None and len(layer_weights) != layers + 1:
             raise ValueError(f"layer_weights needs {layers + 1} values, got {len(layer_weights)}")
-        self.layer_weights = propagation_weights("lightgcn", layers, layer_weights)
+        self.layer_weights = (
+            uniform_layer_weights(layers) if layer_weights is None else tuple(float(w) for w in layer_weights)
+        )
         self.embedding = nn.Parameter(torch.empty(n_users + n_items, dim))
         nn.init.normal_(self.embedding, std=init_std)
 
