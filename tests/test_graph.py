@@ -141,3 +141,28 @@ def test_lightgcn_with_zero_layers_is_matrix_factorisation():
 def test_lightgcn_rejects_wrong_number_of_layer_weights():
     with pytest.raises(ValueError, match="layer_weights"):
         LightGCN(3, 3, dim=2, layers=2, layer_weights=[0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    "layers, weights, h_minus_one",
+    [(1, None, 0.0), (3, None, 0.0), (2, [0.25, 0.5, 0.25], 0.0), (2, None, 1 / 3), (4, None, 0.2), (0, None, 1.0)],
+)
+def test_degree_weighted_user_and_item_sums_differ_by_filter_at_minus_one(layers, weights, h_minus_one):
+    """On a bipartite graph w = D^1/2 (1 on users, -1 on items) is an eigenvector of A_hat with
+    eigenvalue -1, so w^T E = h(-1) w^T E0 for E = sum_l alpha_l A_hat^l E0, h(x) = sum_l alpha_l x^l.
+    With h(-1) = 0 (uniform weights and odd L) the sqrt-degree-weighted sums of the final user
+    and item embeddings are equal whatever E0 is: the constraint behind the 1-bit layer-filter
+    finding (benchmarks/code_diagnostics.py)."""
+    train = random_bipartite(3)
+    n_users, n_items = train.shape
+    adj = normalized_adjacency(train)
+    torch.manual_seed(0)
+    model = LightGCN(n_users, n_items, dim=5, layers=layers, layer_weights=weights)
+    users, items = model(adj)
+    sqrt_user_deg = torch.from_numpy(np.sqrt(np.asarray(train.sum(1)).ravel())).float()
+    sqrt_item_deg = torch.from_numpy(np.sqrt(np.asarray(train.sum(0)).ravel())).float()
+    gap = sqrt_user_deg @ users.detach() - sqrt_item_deg @ items.detach()
+    e0 = model.embedding.detach()
+    gap0 = sqrt_user_deg @ e0[:n_users] - sqrt_item_deg @ e0[n_users:]
+    torch.testing.assert_close(gap, h_minus_one * gap0, rtol=1e-4, atol=1e-5)
+    assert gap0.abs().max() > 0.1  # the identity is not trivially 0 = 0
