@@ -29,6 +29,7 @@ import torch
 from hqgnn import Recommender
 from hqgnn.api import prepare_data
 from hqgnn.config import Config
+from hqgnn.errors import HQGNNError
 from hqgnn.evaluation import csr_rows_to_dense_mask, rank_top_k
 from hqgnn.models.encoder import propagation_weights
 
@@ -123,7 +124,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="run folders (each with config.yaml and model.pt)")
     ap.add_argument("--popular", type=float, default=0.1, help="fraction of items, by training count, called popular")
     ap.add_argument("--k", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--note", default="", help="text for the Markdown file, above the table (e.g. how the runs were trained)")
     args = ap.parse_args()
@@ -142,7 +143,11 @@ def main() -> None:
     data_cache: dict = {}
     for run in runs:
         cell = run.parent.name if run.parent.name not in repeated else f"{run.parent.parent.parent.name}/{run.parent.name}"
-        for name, value in diagnose(run, data_cache, args.popular, args.k).items():
+        try:
+            stats = diagnose(run, data_cache, args.popular, args.k)
+        except HQGNNError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        for name, value in stats.items():
             cells[cell][name].append(value)
 
     names = list(next(iter(cells.values())))
