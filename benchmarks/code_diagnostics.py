@@ -32,6 +32,7 @@ from hqgnn.config import Config
 from hqgnn.errors import HQGNNError
 from hqgnn.evaluation import csr_rows_to_dense_mask, rank_top_k
 from hqgnn.models.encoder import propagation_weights
+from hqgnn.storage import write_text_atomic
 
 
 def filter_at_minus_one(cfg: Config) -> float:
@@ -166,12 +167,10 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
         command = "python benchmarks/code_diagnostics.py " + " ".join(compact(runs))
-        tmp.write_text("# Statistics of trained codes against the layer filter\n\n"
-                       + (args.note.strip() + "\n\n" if args.note.strip() else "")
-                       + f"    {command} --out {args.out}\n\n" + table + "\n")
-        tmp.replace(out)
+        write_text_atomic(out, "# Statistics of trained codes against the layer filter\n\n"
+                          + (args.note.strip() + "\n\n" if args.note.strip() else "")
+                          + f"    {command} --out {args.out}\n\n" + table + "\n")
 
 
 if __name__ == "__main__":
