@@ -30,7 +30,7 @@ from hqgnn import Recommender
 from hqgnn.api import prepare_data
 from hqgnn.config import Config
 from hqgnn.errors import HQGNNError
-from hqgnn.evaluation import csr_rows_to_dense_mask, rank_top_k
+from hqgnn.evaluation import csr_rows_to_dense_mask, exclusion_mask, popularity_scores, rank_top_k
 from hqgnn.models.encoder import propagation_weights
 from hqgnn.storage import write_text_atomic
 
@@ -56,7 +56,7 @@ def group_recall(u: torch.Tensor, i: torch.Tensor, integer: bool, data, groups: 
     (a boolean item mask), averaged over the users with a test item in that group. One ranking
     pass serves every group; it masks and breaks ties as the evaluator does."""
     test = data.test.tocsr()
-    exclude = [data.train] + ([data.valid] if data.valid is not None else [])
+    exclude = [m.tocsr() for m in (data.train, data.valid) if m is not None]
     masks = {g: torch.from_numpy(m) for g, m in groups.items()}
     totals = {g: 0.0 for g in groups}
     counts = {g: 0 for g in groups}
@@ -65,11 +65,7 @@ def group_recall(u: torch.Tensor, i: torch.Tensor, integer: bool, data, groups: 
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         scores = u[torch.from_numpy(batch.astype(np.int64))] @ item_t
-        seen = None
-        for e in exclude:
-            m = csr_rows_to_dense_mask(e.tocsr(), batch, "cpu")
-            seen = m if seen is None else seen | m
-        top = rank_top_k(scores, seen, k, integer)
+        top = rank_top_k(scores, exclusion_mask(exclude, batch, "cpu"), k, integer)
         relevant = csr_rows_to_dense_mask(test, batch, "cpu")
         for g, keep in masks.items():
             rel = relevant & keep
@@ -89,7 +85,7 @@ def diagnose(run: Path, data_cache: dict, popular: float, k: int) -> dict:
     data = data_cache[key]
     rec = Recommender.load(run, data=data)
     u, i, integer = rec.model.ranking_embeddings(rec.trainer.adj)
-    counts = np.asarray(data.train.sum(axis=0)).ravel()
+    counts = popularity_scores(data.train)
     n_pop = max(1, int(round(popular * data.n_items)))
     is_pop = np.zeros(data.n_items, dtype=bool)
     is_pop[np.argsort(-counts, kind="stable")[:n_pop]] = True

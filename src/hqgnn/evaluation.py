@@ -29,6 +29,15 @@ def csr_rows_to_dense_mask(m: sp.csr_matrix, rows: np.ndarray, device) -> torch.
     return mask
 
 
+def exclusion_mask(exclude: Sequence[sp.csr_matrix], rows: np.ndarray, device) -> Optional[torch.Tensor]:
+    """Boolean (len(rows), n_cols) union of the nonzeros of ``exclude``'s rows; None without any."""
+    mask = None
+    for e in exclude:
+        m = csr_rows_to_dense_mask(e, rows, device)
+        mask = m if mask is None else mask | m
+    return mask
+
+
 def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks: Sequence[int]) -> dict:
     """Sum over users of each metric, from a (users, max_k) 0/1 hit matrix in rank order."""
     hits = hits.float()
@@ -99,10 +108,7 @@ def evaluate_scores(
         batch = users[start : start + batch_size]
         idx = torch.from_numpy(batch.astype(np.int64)).to(device)
         scores = score_fn(idx)
-        mask = None
-        for e in exclude:
-            m = csr_rows_to_dense_mask(e, batch, device)
-            mask = m if mask is None else mask | m
+        mask = exclusion_mask(exclude, batch, device)
         top = rank_top_k(scores, mask, max_k, integer_scores)
         relevant = csr_rows_to_dense_mask(target, batch, device)
         hits = torch.gather(relevant, 1, top)
