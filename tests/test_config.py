@@ -105,6 +105,10 @@ def test_post_hoc_model_needs_a_run():
     with pytest.raises(ConfigError, match="from_run"):
         Config.load(overrides=["model=ptq"])
     assert Config.load(overrides=["model=ptq", "from_run=runs/fp"]).from_run == "runs/fp"
+    assert Config.load(overrides=["model=hqgnn", "from_run=runs/fp"]).from_run == "runs/fp"  # optional start
+    # a run folder that a model would silently ignore is refused
+    with pytest.raises(ConfigError, match=r"from_run='runs/fp' does not apply to model='lightgcn'"):
+        Config.load(overrides=["model=lightgcn", "from_run=runs/fp"])
 
 
 @pytest.mark.parametrize(

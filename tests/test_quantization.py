@@ -212,13 +212,13 @@ def _fit(model, small_data, **extra):
     return trainer, metrics, random
 
 
-@pytest.mark.parametrize("model,bits", [("hqgnn", 1), ("hqgnn", 4), ("ste", 2), ("hashgnn", 1)])
+@pytest.mark.parametrize("model,bits", [("hqgnn", 1), ("hqgnn", 4), ("ste", 2), ("hashgnn", 1), ("bigear", 4)])
 def test_quantized_models_beat_random(small_data, model, bits):
     trainer, metrics, random = _fit(model, small_data, bits=bits, delta_every=4)
     # an untrained or broken model ranks like random (ratio ~1); 20 epochs on this tiny set
     # give 1.9x (1-bit, 16 dims) to 3x
     assert metrics["recall@20"] > 1.5 * random["recall@20"]
-    assert metrics["bits"] == (1 if model == "hashgnn" else bits)
+    assert metrics["bits"] == (1 if model in ("hashgnn", "bigear") else bits)
 
 
 def test_hqgnn_logs_delta_and_trace(small_data):
@@ -280,3 +280,91 @@ def test_export_codes_equal_training_quantizer(small_data):
     k_u = 2 * torch.from_numpy(codes["user_codes"]).int() - 7
     assert torch.allclose(u, codes["user_scale"] * k_u.float() / 2, atol=1e-6)
     assert codes["item_codes"].max() <= 7
+
+
+# ---------------------------------------------------------------- BiGeaR
+def test_bigear_scores_are_its_layerwise_formula():
+    """<q_u, q_i> = sum_l alpha_l^2 a_u^l a_i^l (d - 2 Hamming(b_u^l, b_i^l)), with the layers
+    E^l = A_hat^l E^0 computed here from a dense adjacency, independently of the encoder."""
+    import scipy.sparse as sp
+
+    from hqgnn.graph import normalized_adjacency
+    from hqgnn.models import build_model
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, d, layers = 7, 9, 8, 2
+    dense = rng.random((n_users, n_items)) < 0.4
+    dense[0, 0] = dense[6, 8] = True  # no isolated corner
+    train = sp.csr_matrix(dense.astype(np.float32))
+    cfg = Config.load(overrides=["model=bigear", f"dim={d}", f"layers={layers}", "layer_weights=[0.5,0.3,0.2]"])
+    model = build_model(cfg, n_users, n_items)
+    adj = normalized_adjacency(train)
+    u, i = model.eval_embeddings(adj)
+    a_dense = adj.to_dense().double().numpy()
+    e = [model.encoder.embedding.detach().double().numpy()]
+    for _ in range(layers):
+        e.append(a_dense @ e[-1])
+    expect = np.zeros((n_users, n_items))
+    for w, el in zip((0.5, 0.3, 0.2), e):
+        scale = np.abs(el).mean(axis=1)
+        bits = el >= 0
+        hamming = (bits[:n_users, None, :] != bits[None, n_users:, :]).sum(-1)
+        expect += w * w * scale[:n_users, None] * scale[None, n_users:] * (d - 2 * hamming)
+    np.testing.assert_allclose((u @ i.T).double().numpy(), expect, rtol=1e-5, atol=1e-7)
+    info = model.describe()
+    assert info["code_bits_per_node"] == 3 * d and info["bytes_per_user"] == 3 + 12  # 24 bits + 3 float32 scales
+
+
+def test_bigear_sign_gradient_is_hashgnn_identity_ste():
+    from hqgnn.models.bigear import sign_with_identity_ste
+
+    x = torch.tensor([-0.9, 0.05, 0.3, 1.6], requires_grad=True)
+    g = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    out = sign_with_identity_ste(x)
+    assert torch.equal(out.detach(), torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+    out.backward(g)
+    s = 2 * x.detach().abs().mean()
+    assert torch.allclose(x.grad, g * (1 - torch.tanh(x.detach() / s) ** 2) / (s / 2))
+
+
+def test_bigear_is_not_exported(tmp_path, capsys):
+    from hqgnn.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "synthetic", "--model", "bigear", "--out", str(run), "--set", "epochs=1",
+                 "synthetic_users=100", "synthetic_items=80", "dim=8", "threads=1", "eval_every=1"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), str(tmp_path / "out.hqgnn")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hqgnn: error: model 'bigear' cannot be exported") and "\n" not in err
+    assert not (tmp_path / "out.hqgnn").exists()
+
+
+def test_trained_quantized_models_start_from_a_full_precision_run(small_data, tmp_path):
+    import shutil
+
+    from hqgnn.api import Recommender
+    from hqgnn.training import Trainer
+
+    common = ["batch_size=256", "lr=0.02", "val_fraction=0", "eval_split=test", "patience=0", "threads=1", "dim=16",
+              "eval_every=5"]
+    fp_cfg = Config.load(overrides=common + ["epochs=20", "data=synthetic"])
+    Trainer(fp_cfg, small_data, tmp_path / "fp", progress=False).fit()
+    source = torch.load(tmp_path / "fp" / "model.pt", weights_only=False)["model"]["encoder.embedding"]
+    for model in ("hqgnn", "bigear"):
+        cfg = Config.load(overrides=common + [f"model={model}", "bits=1", "epochs=0", f"from_run={tmp_path / 'fp'}"])
+        started = Trainer(cfg, small_data, None, progress=False)
+        assert torch.equal(started.model.encoder.embedding.detach(), source)
+        cold = Trainer(Config.load(overrides=common + [f"model={model}", "bits=1", "epochs=0"]), small_data, None,
+                       progress=False)
+        assert not torch.equal(cold.model.encoder.embedding.detach(), source)
+        # before any quantized training, the codes of the trained run already rank far above random ones
+        assert started.fit()["recall@20"] > 2 * cold.fit()["recall@20"]
+    # a finished run holds its own E0: it loads without the run it started from
+    cfg = Config.load(overrides=common + ["model=hqgnn", "bits=1", "epochs=2", f"from_run={tmp_path / 'fp'}",
+                                          "data=synthetic"])
+    trained = Trainer(cfg, small_data, tmp_path / "hq", progress=False)
+    metrics = trained.fit()
+    shutil.rmtree(tmp_path / "fp")
+    rec = Recommender.load(tmp_path / "hq", data=small_data)
+    assert rec.evaluate(split="test", ks=[20])["recall@20"] == pytest.approx(metrics["recall@20"])

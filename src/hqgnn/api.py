@@ -93,7 +93,7 @@ class Recommender:
                 f"{run_dir / 'model.pt'}: trained on other data (fingerprint {state['data_fingerprint']}, "
                 f"given data {obj.data.fingerprint()})"
             )
-        obj.trainer = Trainer(cfg, obj.data, None, progress=False)
+        obj.trainer = Trainer(cfg, obj.data, None, progress=False, start_from_run=False)
         try:
             obj.trainer.model.load_state_dict(state["model"])
         except (RuntimeError, KeyError) as exc:

@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and write a run folder")
     t.add_argument("--data", help="LightGCN folder (train.txt/test.txt), .inter/.csv/.tsv/.parquet file, or 'synthetic'")
-    t.add_argument("--model", help="lightgcn | mf | hqgnn | ste | hashgnn | lsh | ptq")
+    t.add_argument("--model", help="lightgcn | mf | hqgnn | ste | hashgnn | bigear | lsh | ptq")
     t.add_argument("--bits", type=int, help="bit width 1..8 of the quantized models")
     t.add_argument("--out", required=True, help="run folder to write")
     t.add_argument("--config", help="YAML file of settings")
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--epochs", type=int)
     t.add_argument("--device", help="auto | cpu | cuda")
-    t.add_argument("--from", dest="from_run", help="trained lightgcn run folder (for lsh and ptq)")
+    t.add_argument("--from", dest="from_run", help="trained lightgcn run folder (for lsh and ptq; bigear starts from it)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

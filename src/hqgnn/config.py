@@ -17,8 +17,9 @@ import yaml
 
 from .errors import ConfigError
 
-MODELS = ("lightgcn", "mf", "hqgnn", "ste", "hashgnn", "lsh", "ptq")
-QUANTIZED_MODELS = ("hqgnn", "ste", "hashgnn", "lsh", "ptq")
+MODELS = ("lightgcn", "mf", "hqgnn", "ste", "hashgnn", "bigear", "lsh", "ptq")
+QUANTIZED_MODELS = ("hqgnn", "ste", "hashgnn", "bigear", "lsh", "ptq")
+ONE_BIT_MODELS = ("hashgnn", "bigear", "lsh")  # sign codes only: --bits does not apply
 POST_HOC_MODELS = ("lsh", "ptq")
 
 
@@ -30,7 +31,7 @@ class Config:
     layers: int = 3
     layer_weights: Optional[list] = None
     init_std: float = 0.1
-    # quantization (models hqgnn, ste, hashgnn, lsh, ptq)
+    # quantization (models hqgnn, ste, hashgnn, bigear, lsh, ptq)
     bits: int = 4
     estimator: str = "gste"  # gste | ste (hqgnn); ste is the delta = 0 ablation
     scale_mode: str = "calibrated"  # calibrated (from each forward's statistics) | learned (LSQ gradient)
@@ -47,7 +48,9 @@ class Config:
     hashgnn_soft: bool = False
     hashgnn_soft_p0: float = 1.0  # probability of using the continuous value at epoch 0
     hashgnn_soft_decay: float = 0.9  # multiplied into that probability each epoch
-    from_run: Optional[str] = None  # trained full-precision run for lsh / ptq
+    # trained full-precision run: what lsh / ptq quantize; where the trained quantized models start
+    # (a pre-training stage, as quantization-aware training from a full-precision model)
+    from_run: Optional[str] = None
     # training
     epochs: int = 1000
     batch_size: int = 2048
@@ -137,6 +140,9 @@ class Config:
         )
         if self.model in POST_HOC_MODELS and not self.from_run:
             raise ConfigError(f"setting model={self.model!r} needs from_run (a trained lightgcn run: --from RUN_DIR)")
+        if self.from_run and self.model not in QUANTIZED_MODELS:
+            raise ConfigError(f"setting from_run={self.from_run!r} does not apply to model={self.model!r} "
+                              f"(only to {', '.join(QUANTIZED_MODELS)})")
         return self
 
     # ------------------------------------------------------------ layering

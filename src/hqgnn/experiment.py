@@ -15,6 +15,7 @@ An experiment file::
       - {model: lsh}                     # post-hoc: uses the lightgcn cell of the same seed
       - {model: hqgnn, bits: 1, name: hqgnn-w2, settings: {ste_window: 2}}   # a named variant
       - {model: ste, bits: 2, seeds: [1]}  # a cell's own seeds
+      - {model: hqgnn, bits: 1, name: hqgnn-pre, start_from: lightgcn}   # starts from that cell's E0
     reference: {model: hashgnn, bits: 1} # paired tests against this cell
     compare: [[hqgnn, ste]]              # head-to-head tables: hqgnn vs ste at every shared bit width
     metrics: [recall@50, ndcg@50]
@@ -28,7 +29,9 @@ against bits, training curves); ``compare`` adds a paired head-to-head table per
 pair of models at each bit width both were run at.
 
 Post-hoc cells (``lsh``, ``ptq``) quantize the full-precision cell of the same
-data set and seed: ``lightgcn`` when the grid has one, else ``mf``.
+data set and seed: ``lightgcn`` when the grid has one, else ``mf``. A trained quantized cell
+with ``start_from: lightgcn`` (or ``mf``) starts from that cell's trained E0 of the same data set
+and seed (setting ``from_run``, a pre-training stage).
 """
 
 from __future__ import annotations
@@ -44,11 +47,12 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
+from .config import ONE_BIT_MODELS, POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
 from .errors import ConfigError
 from .storage import write_text_atomic
 
 _KEYS = {"name", "out", "datasets", "config", "settings", "seeds", "cells", "reference", "compare", "metrics"}
+_CELL_KEYS = {"model", "bits", "seeds", "settings", "config", "name", "start_from"}
 FULL_PRECISION = ("lightgcn", "mf")
 
 
@@ -62,6 +66,7 @@ class Cell:
     config: Optional[str]
     settings: tuple
     name: Optional[str] = None  # a variant's display name (same model, other settings)
+    start_from: Optional[str] = None  # full-precision model whose cell (same data set, seed) it starts from
 
     @property
     def display(self) -> str:
@@ -112,9 +117,18 @@ def expand_cells(spec: dict) -> list[Cell]:
         for entry in spec["cells"]:
             if "model" not in entry:
                 raise ConfigError(f"experiment cell {entry!r} has no model")
+            unknown = set(entry) - _CELL_KEYS
+            if unknown:
+                raise ConfigError(f"experiment cell {entry!r}: unknown key {sorted(unknown)[0]!r} "
+                                  f"(known: {', '.join(sorted(_CELL_KEYS))})")
+            start = entry.get("start_from")
+            if start is not None and (start not in FULL_PRECISION or entry["model"] not in QUANTIZED_MODELS
+                                      or entry["model"] in POST_HOC_MODELS):
+                raise ConfigError(f"experiment cell {entry!r}: start_from={start!r} needs a trained quantized "
+                                  f"model and one of {', '.join(FULL_PRECISION)}")
             bits_list = entry.get("bits")
             if entry["model"] in QUANTIZED_MODELS:
-                bits_list = bits_list if isinstance(bits_list, list) else [bits_list or (1 if entry["model"] in ("hashgnn", "lsh") else 4)]
+                bits_list = bits_list if isinstance(bits_list, list) else [bits_list or (1 if entry["model"] in ONE_BIT_MODELS else 4)]
             else:
                 bits_list = [None]
             for bits in bits_list:
@@ -131,10 +145,11 @@ def expand_cells(spec: dict) -> list[Cell]:
                             config=_resolve(base, entry.get("config", spec.get("config"))),
                             settings=tuple(sorted(extra.items())),
                             name=entry.get("name"),
+                            start_from=start,
                         )
                     )
-    # full-precision runs first: post-hoc cells quantize them
-    return sorted(cells, key=lambda c: (c.model in POST_HOC_MODELS, c.dataset))
+    # full-precision runs first: post-hoc cells quantize them, start_from cells start from them
+    return sorted(cells, key=lambda c: (c.model in POST_HOC_MODELS or c.start_from is not None, c.dataset))
 
 
 def full_precision_model(cells: list[Cell], dataset: str) -> str:
@@ -147,8 +162,9 @@ def cell_config(cell: Cell, out: Path, source: str = "lightgcn") -> Config:
     extra = {"model": cell.model, "seed": cell.seed, "data": cell.data_path}
     if cell.bits is not None:
         extra["bits"] = cell.bits
-    if cell.model in POST_HOC_MODELS:
-        extra["from_run"] = str(Cell(cell.dataset, cell.data_path, source, None, cell.seed, None, ()).run_dir(out))
+    if cell.model in POST_HOC_MODELS or cell.start_from:
+        fp_model = cell.start_from or source
+        extra["from_run"] = str(Cell(cell.dataset, cell.data_path, fp_model, None, cell.seed, None, ()).run_dir(out))
     cfg = Config.load(cell.config, None, extra)
     return cfg.updated(dict(cell.settings), "experiment settings").validate()
 

@@ -33,6 +33,7 @@ from .errors import CheckpointError
 from .evaluation import evaluate_embeddings
 from .graph import normalized_adjacency
 from .models import build_model
+from .models.encoder import LightGCN, propagation_layers, propagation_weights
 from .models.base import ScoringModel
 from .sampling import TripleSampler
 from .storage import atomic_path, write_json_atomic, write_text_atomic
@@ -94,7 +95,8 @@ def evaluate_model(model: ScoringModel, adj, data: InteractionData, split: str, 
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data: InteractionData, out_dir: Optional[Path] = None, progress: bool = True):
+    def __init__(self, cfg: Config, data: InteractionData, out_dir: Optional[Path] = None, progress: bool = True,
+                 start_from_run: bool = True):
         self.cfg = cfg
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -107,7 +109,10 @@ class Trainer:
         self.adj = normalized_adjacency(data.train, self.device) if cfg.layers > 0 else None
         self.adjacency_seconds = time.perf_counter() - t0
         self.model = build_model(cfg, data.n_users, data.n_items).to(self.device)
-        self.model.prepare(self.adj, data, self.device)
+        if cfg.from_run and start_from_run:
+            # lsh / ptq code this run's embeddings; the trained quantized models start from it
+            # (a pre-training stage). Off when loading a finished run, whose model.pt holds E0.
+            load_full_precision_run(cfg.from_run, self.model.encoder, data, cfg.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr) if params else None
         self.sampler = TripleSampler(data.train)
@@ -348,6 +353,37 @@ def data_summary(data: InteractionData) -> dict:
     if data.item_ids is not None:
         out["item_ids"] = data.item_ids.tolist()
     return out
+
+
+def load_full_precision_run(run_dir, encoder: LightGCN, data, model: str, device) -> None:
+    """Copy E0 of a trained full-precision (lightgcn / mf) run into ``encoder``, after checking
+    that the run propagated the same layers with the same weights on the same data."""
+    path = Path(run_dir) / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: from_run has no trained model (train a lightgcn run first)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: corrupt model file ({type(exc).__name__})") from None
+    run_cfg = state.get("config", {})
+    if run_cfg.get("model") not in ("lightgcn", "mf"):
+        raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn or mf run, got {run_cfg.get('model')!r}")
+    # the codes must quantize the embeddings the run was trained to produce
+    run_layers = propagation_layers(run_cfg.get("model"), run_cfg.get("layers"))
+    if run_layers != encoder.layers:
+        raise CheckpointError(f"{path}: from_run propagates {run_layers} layers, this {model} run "
+                              f"{encoder.layers} (set layers={run_layers})")
+    run_weights = propagation_weights(run_cfg.get("model"), run_layers, run_cfg.get("layer_weights"))
+    if not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(run_weights, encoder.layer_weights)):
+        raise CheckpointError(f"{path}: from_run sums its layers with weights {list(run_weights)}, this "
+                              f"{model} run with {list(encoder.layer_weights)} (set layer_weights to the run's)")
+    if state.get("data_fingerprint") != data.fingerprint():
+        raise CheckpointError(f"{path}: from_run was trained on other data (fingerprint {state.get('data_fingerprint')})")
+    emb = state["model"].get("encoder.embedding")
+    if emb is None or tuple(emb.shape) != tuple(encoder.embedding.shape):
+        raise CheckpointError(f"{path}: embedding shape {tuple(emb.shape) if emb is not None else None} does not match dim={encoder.dim}")
+    with torch.no_grad():
+        encoder.embedding.copy_(emb.to(device))
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -17,6 +17,10 @@ def build_model(cfg: Config, n_users: int, n_items: int) -> ScoringModel:
     encoder = build_encoder(cfg, n_users, n_items)
     if cfg.model in ("lightgcn", "mf"):
         return ScoringModel(encoder, cfg.negative_sampling)
+    if cfg.model == "bigear":
+        from .bigear import BiGeaRModel
+
+        return BiGeaRModel(encoder, cfg)
     from .quantized import build_quantized_model
 
     return build_quantized_model(cfg, encoder)

@@ -144,9 +144,6 @@ class ScoringModel(nn.Module):
     def n_items(self) -> int:
         return self.encoder.n_items
 
-    def prepare(self, adj, data, device) -> None:
-        """Called once before training with the graph and data (calibration, post-hoc fitting)."""
-
     # -- training
     def scoring_embeddings(self, adj: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) embeddings whose inner products are the scores, with gradients."""

@@ -62,6 +62,14 @@ class LightGCN(nn.Module):
             out = propagate(adj, self.embedding, self.layer_weights)
         return out[: self.n_users], out[self.n_users :]
 
+    def layer_embeddings(self, adj: Optional[torch.Tensor]) -> list[torch.Tensor]:
+        """The unweighted layers E^0 ... E^L (users then items in each), differentiable
+        w.r.t. E^0: for models that code each layer on its own (BiGeaR)."""
+        out = [self.embedding]
+        for _ in range(self.layers if adj is not None else 0):
+            out.append(propagate(adj, out[-1], (0.0, 1.0)))
+        return out
+
     def l2_penalty(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """LightGCN's penalty: half the squared norm of the batch's layer-0 rows (users, positives,
         negatives, each row as often as it occurs), divided by the batch size.

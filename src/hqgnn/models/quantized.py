@@ -9,22 +9,21 @@
 * ``lsh``     random-hyperplane sign codes of a trained LightGCN run (no training).
 
 All share the LightGCN encoder, the BPR trainer and the quantizer of
-``quantizer.py``: only how gradients cross the rounding differs.
+``quantizer.py``: only how gradients cross the rounding differs. Given ``from_run`` (a trained
+full-precision run), the trainer starts them from its E0 (``hqgnn.training.load_full_precision_run``).
+BiGeaR's layer-wise codes are in ``bigear.py``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import Config
-from ..errors import CheckpointError
 from .base import ScoringModel, bpr_loss, choose_negatives, gathered_bpr_loss
-from .encoder import LightGCN, propagation_layers, propagation_weights
+from .encoder import LightGCN
 from .hutchinson import hutchinson_trace
 from .quantizer import Quantizer
 
@@ -209,34 +208,6 @@ class PostHocModel(QuantizedModel):
         # LSH: d random hyperplanes (codes of the same length as the embeddings)
         self.register_buffer("hyperplanes", torch.randn(encoder.dim, encoder.dim, generator=generator))
         self.encoder.embedding.requires_grad_(False)
-
-    def prepare(self, adj, data, device) -> None:
-        path = Path(self.cfg.from_run) / "model.pt"
-        if not path.is_file():
-            raise CheckpointError(f"{path}: from_run has no trained model (train a lightgcn run first)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: corrupt model file ({type(exc).__name__})") from None
-        run_cfg = state.get("config", {})
-        if run_cfg.get("model") not in ("lightgcn", "mf"):
-            raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn or mf run, got {run_cfg.get('model')!r}")
-        # the post-hoc codes must quantize the embeddings the run was trained to produce
-        run_layers = propagation_layers(run_cfg.get("model"), run_cfg.get("layers"))
-        if run_layers != self.encoder.layers:
-            raise CheckpointError(f"{path}: from_run propagates {run_layers} layers, this {self.cfg.model} run "
-                                  f"{self.encoder.layers} (set layers={run_layers})")
-        run_weights = propagation_weights(run_cfg.get("model"), run_layers, run_cfg.get("layer_weights"))
-        if not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(run_weights, self.encoder.layer_weights)):
-            raise CheckpointError(f"{path}: from_run sums its layers with weights {list(run_weights)}, this "
-                                  f"{self.cfg.model} run with {list(self.encoder.layer_weights)} (set layer_weights to the run's)")
-        if state.get("data_fingerprint") != data.fingerprint():
-            raise CheckpointError(f"{path}: from_run was trained on other data (fingerprint {state.get('data_fingerprint')})")
-        emb = state["model"].get("encoder.embedding")
-        if emb is None or tuple(emb.shape) != tuple(self.encoder.embedding.shape):
-            raise CheckpointError(f"{path}: embedding shape {tuple(emb.shape) if emb is not None else None} does not match dim={self.encoder.dim}")
-        with torch.no_grad():
-            self.encoder.embedding.copy_(emb.to(device))
 
     def _pre_quantize(self, u, i):
         if self.cfg.model == "lsh":
