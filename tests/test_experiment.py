@@ -190,25 +190,31 @@ def test_start_from_cells_start_from_the_full_precision_cell_of_their_seed(tmp_p
 
     settings = {"synthetic_users": 60, "synthetic_items": 40, "epochs": 2, "batch_size": 128, "dim": 8, "threads": 1,
                 "val_fraction": 0.0, "eval_split": "test", "patience": 0}
-    cells_spec = [{"model": "hqgnn", "bits": 1, "name": "hqgnn-pre", "start_from": "lightgcn"}, {"model": "lightgcn"}]
+    cells_spec = [{"model": "hqgnn", "bits": 1, "name": "hqgnn-pre", "start_from": "lightgcn"}, {"model": "lightgcn"},
+                  {"model": "lightgcn", "name": "lgn-d4", "settings": {"dim": 4}},
+                  {"model": "hashgnn", "name": "hashgnn-d4-pre", "start_from": "lgn-d4", "settings": {"dim": 4}}]
     path = _write(tmp_path, cells=cells_spec, settings=settings)
     cells = expand_cells(load_experiment(path))
-    assert [c.model for c in cells[:2]] == ["lightgcn", "lightgcn"]  # sources first
+    assert [c.model for c in cells[:4]] == ["lightgcn"] * 4  # sources first
     pre = [c for c in cells if c.start_from == "lightgcn"]
     assert [cell_config(c, tmp_path / "out").from_run for c in pre] == [
         str(tmp_path / "out" / "syn" / "lightgcn" / f"seed{s}") for s in (1, 2)]
+    named = [c for c in cells if c.start_from == "lgn-d4"]
+    assert cell_config(named[0], tmp_path / "out").from_run == str(tmp_path / "out" / "syn" / "lgn-d4" / "seed1")
     assert main(["experiment", str(path), "--quiet"]) == 0
     for seed in (1, 2):
         cfg = (tmp_path / "out" / "syn" / "hqgnn-pre-b1" / f"seed{seed}" / "config.yaml").read_text()
         assert f"lightgcn{'/'}seed{seed}" in cfg.replace("\\", "/")
+        assert (tmp_path / "out" / "syn" / "hashgnn-d4-pre-b1" / f"seed{seed}" / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize("cell,message", [
     ({"model": "hqgnn", "start_from": "hashgnn"}, "start_from='hashgnn' needs"),
+    ({"model": "hqgnn", "start_from": "mf"}, r"start_from='mf' needs .* \(lightgcn\)"),  # no mf cell
     ({"model": "lightgcn", "start_from": "lightgcn"}, "start_from='lightgcn' needs"),
     ({"model": "ptq", "start_from": "lightgcn"}, "start_from='lightgcn' needs"),
     ({"model": "hqgnn", "start-from": "lightgcn"}, "unknown key 'start-from'"),
 ])
 def test_bad_experiment_cells_are_named(tmp_path, cell, message):
     with pytest.raises(ConfigError, match=message):
-        expand_cells(load_experiment(_write(tmp_path, cells=[cell])))
+        expand_cells(load_experiment(_write(tmp_path, cells=[{"model": "lightgcn"}, cell])))

@@ -30,8 +30,9 @@ pair of models at each bit width both were run at.
 
 Post-hoc cells (``lsh``, ``ptq``) quantize the full-precision cell of the same
 data set and seed: ``lightgcn`` when the grid has one, else ``mf``. A trained quantized cell
-with ``start_from: lightgcn`` (or ``mf``) starts from that cell's trained E0 of the same data set
-and seed (setting ``from_run``, a pre-training stage).
+with ``start_from: NAME`` starts from the trained E0 of the full-precision cell so named (its
+``name``, else its model: ``lightgcn``, ``mf``) of the same data set and seed (setting
+``from_run``, a pre-training stage).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Cell:
     config: Optional[str]
     settings: tuple
     name: Optional[str] = None  # a variant's display name (same model, other settings)
-    start_from: Optional[str] = None  # full-precision model whose cell (same data set, seed) it starts from
+    start_from: Optional[str] = None  # name of the full-precision cell (same data set, seed) it starts from
 
     @property
     def display(self) -> str:
@@ -113,6 +114,7 @@ def _resolve(base: Path, p: Optional[str]) -> Optional[str]:
 def expand_cells(spec: dict) -> list[Cell]:
     cells = []
     base = spec["_base"]
+    full_precision = {e.get("name") or e.get("model") for e in spec["cells"] if e.get("model") in FULL_PRECISION}
     for dataset, data_path in spec["datasets"].items():
         for entry in spec["cells"]:
             if "model" not in entry:
@@ -122,10 +124,11 @@ def expand_cells(spec: dict) -> list[Cell]:
                 raise ConfigError(f"experiment cell {entry!r}: unknown key {sorted(unknown)[0]!r} "
                                   f"(known: {', '.join(sorted(_CELL_KEYS))})")
             start = entry.get("start_from")
-            if start is not None and (start not in FULL_PRECISION or entry["model"] not in QUANTIZED_MODELS
+            if start is not None and (start not in full_precision or entry["model"] not in QUANTIZED_MODELS
                                       or entry["model"] in POST_HOC_MODELS):
                 raise ConfigError(f"experiment cell {entry!r}: start_from={start!r} needs a trained quantized "
-                                  f"model and one of {', '.join(FULL_PRECISION)}")
+                                  f"model and the name of a full-precision cell of the grid "
+                                  f"({', '.join(sorted(full_precision)) or 'none'})")
             bits_list = entry.get("bits")
             if entry["model"] in QUANTIZED_MODELS:
                 bits_list = bits_list if isinstance(bits_list, list) else [bits_list or (1 if entry["model"] in ONE_BIT_MODELS else 4)]
@@ -163,8 +166,8 @@ def cell_config(cell: Cell, out: Path, source: str = "lightgcn") -> Config:
     if cell.bits is not None:
         extra["bits"] = cell.bits
     if cell.model in POST_HOC_MODELS or cell.start_from:
-        fp_model = cell.start_from or source
-        extra["from_run"] = str(Cell(cell.dataset, cell.data_path, fp_model, None, cell.seed, None, ()).run_dir(out))
+        fp_name = cell.start_from or source  # a full-precision cell's display name, which is its folder
+        extra["from_run"] = str(Cell(cell.dataset, cell.data_path, fp_name, None, cell.seed, None, ()).run_dir(out))
     cfg = Config.load(cell.config, None, extra)
     return cfg.updated(dict(cell.settings), "experiment settings").validate()
 
