@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--epochs", type=int)
     t.add_argument("--device", help="auto | cpu | cuda")
-    t.add_argument("--from", dest="from_run", help="trained lightgcn run folder (for lsh and ptq; bigear starts from it)")
+    t.add_argument("--from", dest="from_run", help="trained lightgcn or mf run folder: what lsh and ptq quantize; the trained quantized models start from it")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -11,7 +11,8 @@ q = [alpha_0 q^0, ..., alpha_L q^L], so the score is
 the scales. Training is BPR on these scores.
 
 What is BiGeaR's and what is not (a choice, stated so that tables say what they compare):
-* implemented: graph layer-wise binarization with per-node rescaling, the part METHOD.md names;
+* implemented: graph layer-wise binarization with per-node rescaling, the part METHOD.md names,
+  and its pre-training stage as an option (``from_run``: start from a trained LightGCN run);
 * not implemented: BiGeaR's inference distillation from a full-precision teacher and its
   Fourier-series gradient; the sign uses the same identity STE as ``hashgnn``
   (gradient g * tanh'(x / s), s = 2 E|x| per table and layer), so against ``hashgnn`` the
