@@ -218,3 +218,22 @@ def test_start_from_cells_start_from_the_full_precision_cell_of_their_seed(tmp_p
 def test_bad_experiment_cells_are_named(tmp_path, cell, message):
     with pytest.raises(ConfigError, match=message):
         expand_cells(load_experiment(_write(tmp_path, cells=[{"model": "lightgcn"}, cell])))
+
+
+def test_one_bit_width_grids_plot_bars_and_full_precision_variants_are_lines(tmp_path):
+    from hqgnn.experiment import Cell, plot_kind, plot_report
+
+    def row(model, base, bits, seed, value):
+        return {"dataset": "d", "model": model, "base_model": base, "bits": bits, "seed": seed, "recall@50": value,
+                "total_bytes": 1000 * bits, "float32_bytes": 32000}
+
+    one_bit = [row("hqgnn", "hqgnn", 1, s, 0.2) for s in (1, 2)] + [row("lightgcn-d16", "lightgcn", 32, s, 0.3) for s in (1, 2)]
+    # a renamed full-precision cell is still full precision: the grid has one quantized bit width
+    assert plot_kind(one_bit) == "bars"
+    assert plot_kind(one_bit + [row("hqgnn", "hqgnn", 4, 1, 0.25)]) == "bits"
+    for rows, name in ((one_bit, "bars"), (one_bit + [row("hqgnn", "hqgnn", 4, 1, 0.25)], "bits")):
+        out = tmp_path / name
+        out.mkdir()
+        cells = [Cell("d", "", "hqgnn", 1, 1, None, ())]  # no run folder: an empty curves plot
+        plot_report(rows, cells, ["recall@50"], out, tmp_path)
+        assert (out / "d-bits.png").stat().st_size > 1000
