@@ -368,3 +368,6 @@ def test_trained_quantized_models_start_from_a_full_precision_run(small_data, tm
     shutil.rmtree(tmp_path / "fp")
     rec = Recommender.load(tmp_path / "hq", data=small_data)
     assert rec.evaluate(split="test", ks=[20])["recall@20"] == pytest.approx(metrics["recall@20"])
+    # ... and resumes without it: E0 comes from its checkpoint
+    longer = Recommender(config=cfg.updated({"epochs": 3}, "test"), model="hqgnn")
+    assert longer.fit(small_data, out_dir=tmp_path / "hq", resume=True, progress=False)["epochs"] == 3

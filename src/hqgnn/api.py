@@ -68,7 +68,8 @@ class Recommender:
         else:
             self.cfg = self.cfg.updated({"data": str(data)}, "fit()")
             self.data = prepare_data(self.cfg)
-        self.trainer = Trainer(self.cfg, self.data, out_dir, progress=progress)
+        # a resumed run takes E0 from its checkpoint, not from the run it started from
+        self.trainer = Trainer(self.cfg, self.data, out_dir, progress=progress, start_from_run=not resume)
         if resume:
             if out_dir is None or not (Path(out_dir) / "checkpoint.pt").is_file():
                 raise CheckpointError(f"{out_dir}: nothing to resume (no checkpoint.pt)")
