@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 MODELS = ("lightgcn", "mf", "hqgnn", "ste", "hashgnn", "bigear", "lsh", "ptq")
 QUANTIZED_MODELS = ("hqgnn", "ste", "hashgnn", "bigear", "lsh", "ptq")
+FULL_PRECISION_MODELS = ("lightgcn", "mf")
 ONE_BIT_MODELS = ("hashgnn", "bigear", "lsh")  # sign codes only: --bits does not apply
 POST_HOC_MODELS = ("lsh", "ptq")
 

@@ -48,13 +48,12 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .config import ONE_BIT_MODELS, POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
+from .config import FULL_PRECISION_MODELS, ONE_BIT_MODELS, POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
 from .errors import ConfigError
 from .storage import write_text_atomic
 
 _KEYS = {"name", "out", "datasets", "config", "settings", "seeds", "cells", "reference", "compare", "metrics"}
 _CELL_KEYS = {"model", "bits", "seeds", "settings", "config", "name", "start_from"}
-FULL_PRECISION = ("lightgcn", "mf")
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def _resolve(base: Path, p: Optional[str]) -> Optional[str]:
 def expand_cells(spec: dict) -> list[Cell]:
     cells = []
     base = spec["_base"]
-    full_precision = {e.get("name") or e.get("model") for e in spec["cells"] if e.get("model") in FULL_PRECISION}
+    full_precision = {e.get("name") or e.get("model") for e in spec["cells"] if e.get("model") in FULL_PRECISION_MODELS}
     for dataset, data_path in spec["datasets"].items():
         for entry in spec["cells"]:
             if "model" not in entry:
@@ -158,7 +157,7 @@ def expand_cells(spec: dict) -> list[Cell]:
 def full_precision_model(cells: list[Cell], dataset: str) -> str:
     """The full-precision model whose runs a data set's post-hoc cells quantize: lightgcn, else mf."""
     present = {c.model for c in cells if c.dataset == dataset}
-    return next((m for m in FULL_PRECISION if m in present), "lightgcn")
+    return next((m for m in FULL_PRECISION_MODELS if m in present), "lightgcn")
 
 
 def cell_config(cell: Cell, out: Path, source: str = "lightgcn") -> Config:
@@ -277,7 +276,7 @@ def summarise(rows: list[dict], metrics: list[str], reference: Optional[dict]) -
         head += ["train s", "size (MB)", "compression"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
-        for (model, bits), grp in sorted(groups.items(), key=lambda kv: (kv[0][0] not in FULL_PRECISION, kv[0][0], kv[0][1])):
+        for (model, bits), grp in sorted(groups.items(), key=lambda kv: (kv[0][0] not in FULL_PRECISION_MODELS, kv[0][0], kv[0][1])):
             cells = [model, str(bits), str(len(grp))]
             for m in metrics:
                 v = np.array([g[m] for g in grp])
@@ -395,7 +394,7 @@ def plot_report(rows: list[dict], cells: list[Cell], metrics: list[str], out: Pa
 
 
 def _is_full_precision(row: dict) -> bool:
-    return row.get("base_model", row["model"]) in FULL_PRECISION
+    return row.get("base_model", row["model"]) in FULL_PRECISION_MODELS
 
 
 def plot_kind(rows: list[dict]) -> str:
@@ -453,7 +452,7 @@ def _plot_models_as_bars(plt, rs: list[dict], metrics: list[str], dataset: str):
     models = sorted({r["model"] for r in rs})
     height = max(3.0, 0.35 * len(models) + 1.2)
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5 * (len(metrics) + 1), height))
-    for ax, m in zip(list(axes[:-1]) + [axes[-1]], metrics + ["total_bytes"]):
+    for ax, m in zip(axes, metrics + ["total_bytes"]):
         stats = []
         for model in models:
             vals = [r[m] for r in rs if r["model"] == model and m in r]

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import FULL_PRECISION_MODELS, Config
 from .data import InteractionData
 from .errors import CheckpointError
 from .evaluation import evaluate_embeddings
 from .graph import normalized_adjacency
 from .models import build_model
-from .models.encoder import LightGCN, propagation_layers, propagation_weights
 from .models.base import ScoringModel
+from .models.encoder import LightGCN, propagation_layers, propagation_weights
 from .sampling import TripleSampler
 from .storage import atomic_path, write_json_atomic, write_text_atomic
 
@@ -366,7 +366,7 @@ def load_full_precision_run(run_dir, encoder: LightGCN, data, model: str, device
     except Exception as exc:
         raise CheckpointError(f"{path}: corrupt model file ({type(exc).__name__})") from None
     run_cfg = state.get("config", {})
-    if run_cfg.get("model") not in ("lightgcn", "mf"):
+    if run_cfg.get("model") not in FULL_PRECISION_MODELS:
         raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn or mf run, got {run_cfg.get('model')!r}")
     # the codes must quantize the embeddings the run was trained to produce
     run_layers = propagation_layers(run_cfg.get("model"), run_cfg.get("layers"))

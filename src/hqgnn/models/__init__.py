@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import Config
+from ..config import FULL_PRECISION_MODELS, Config
 from .base import ScoringModel
 from .encoder import LightGCN, propagation_layers, propagation_weights
 
@@ -15,7 +15,7 @@ def build_encoder(cfg: Config, n_users: int, n_items: int) -> LightGCN:
 
 def build_model(cfg: Config, n_users: int, n_items: int) -> ScoringModel:
     encoder = build_encoder(cfg, n_users, n_items)
-    if cfg.model in ("lightgcn", "mf"):
+    if cfg.model in FULL_PRECISION_MODELS:
         return ScoringModel(encoder, cfg.negative_sampling)
     if cfg.model == "bigear":
         from .bigear import BiGeaRModel

@@ -48,7 +48,6 @@ class BiGeaRModel(ScoringModel):
 
     def __init__(self, encoder: LightGCN, cfg: Config):
         super().__init__(encoder, cfg.negative_sampling)
-        self.cfg = cfg
         self.bits = 1
 
     def layer_codes(self, adj) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
