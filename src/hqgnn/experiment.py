@@ -470,8 +470,11 @@ def _plot_models_as_bars(plt, rs: list[dict], metrics: list[str], dataset: str):
             ax.set_xlabel("codes size (MB; float32 for full precision)")
             ax.set_title(f"{dataset}: model size")
         else:
-            lo = min(s[0] - s[1] for s in stats)
-            ax.set_xlim(max(0.0, lo - 0.1 * (max(s[0] for s in stats) - lo)), None)
-            ax.set_xlabel(f"{m} (mean +- std over seeds; grey: float32)")
+            # the axis spans the error bars, not zero: 1-bit models differ by a fraction of a percent
+            lo, hi = min(s[0] - s[1] for s in stats), max(s[0] + s[1] for s in stats)
+            pad = 0.1 * (hi - lo) if hi > lo else 0.01
+            ax.set_xlim(max(0.0, lo - pad), hi + pad)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+            ax.set_xlabel(f"{m} (mean +- std over seeds; grey: float32; axis not from 0)")
             ax.set_title(f"{dataset}: {m}")
     return fig
