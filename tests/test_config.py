@@ -169,3 +169,29 @@ def test_bundled_demo_config_is_valid():
     path = resources.files("hqgnn") / "default_configs" / "synthetic-demo.yaml"
     cfg = Config.load(str(path))
     assert cfg.data == "synthetic"
+
+
+def test_config_file_builds_on_its_base(tmp_path):
+    (tmp_path / "shared").mkdir()
+    write(tmp_path / "shared", "dim: 32\nlayers: 3\nlr: 0.01\n", name="base.yaml")
+    one_bit = write(tmp_path, "base: shared/base.yaml\nlayers: 2\nbits: 1\n", name="one-bit.yaml")
+    cfg = Config.load(one_bit, ["lr=0.02"], {"seed": 5})
+    # the base's settings, the file's over them, then the command line's over both
+    assert (cfg.dim, cfg.layers, cfg.bits, cfg.lr, cfg.seed) == (32, 2, 1, 0.02, 5)
+    # a setting of the base is checked and named with the base's file
+    write(tmp_path / "shared", "dim: 32\nlayrs: 3\n", name="base.yaml")
+    with pytest.raises(ConfigError, match=r"base\.yaml: unknown setting 'layrs'"):
+        Config.load(one_bit)
+
+
+def test_config_base_errors_name_the_file(tmp_path):
+    missing = write(tmp_path, "base: nope.yaml\n", name="a.yaml")
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
+        Config.load(missing)
+    write(tmp_path, "base: c.yaml\n", name="b.yaml")
+    write(tmp_path, "base: b.yaml\n", name="c.yaml")
+    with pytest.raises(ConfigError, match=r"cycle"):
+        Config.load(tmp_path / "b.yaml")
+    bad = write(tmp_path, "base: 3\n", name="d.yaml")
+    with pytest.raises(ConfigError, match=r"d\.yaml: setting 'base' must be the path"):
+        Config.load(bad)

@@ -164,7 +164,8 @@ class Config:
         """Defaults, then the YAML file, then ``extra`` (named CLI flags), then ``--set`` pairs."""
         cfg = cls()
         if path:
-            cfg = cfg.updated(read_yaml(path), str(path))
+            for file, values in read_config_chain(path):
+                cfg = cfg.updated(values, file)
         if extra:
             cfg = cfg.updated({k: v for k, v in extra.items() if v is not None}, "command line")
         if overrides:
@@ -190,6 +191,26 @@ def read_yaml(path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     return data
+
+
+def read_config_chain(path) -> list[tuple[str, dict]]:
+    """A config file and the files it builds on, base first: a file's ``base: OTHER.yaml``
+    (relative to the file) is read before it, so the file's own settings override its base's."""
+    chain: list[tuple[str, dict]] = []
+    seen: set[Path] = set()
+    while path is not None:
+        path = Path(path)
+        key = path.resolve()
+        if key in seen:
+            raise ConfigError(f"{path}: 'base' chain returns to this file (a cycle)")
+        seen.add(key)
+        values = read_yaml(path)
+        base = values.pop("base", None)
+        if base is not None and (not isinstance(base, str) or not base):
+            raise ConfigError(f"{path}: setting 'base' must be the path of another config file, got {base!r}")
+        chain.append((str(path), values))
+        path = path.parent / base if base else None
+    return chain[::-1]
 
 
 def parse_overrides(pairs: list) -> dict:
