@@ -8,7 +8,7 @@ import yaml
 
 from hqgnn.cli import main
 from hqgnn.errors import ConfigError
-from hqgnn.experiment import expand_cells, load_experiment, paired_test
+from hqgnn.experiment import collect, expand_cells, load_experiment, paired_test
 
 
 def _write(tmp_path, **changes):
@@ -192,7 +192,9 @@ def test_start_from_cells_start_from_the_full_precision_cell_of_their_seed(tmp_p
                 "val_fraction": 0.0, "eval_split": "test", "patience": 0}
     cells_spec = [{"model": "hqgnn", "bits": 1, "name": "hqgnn-pre", "start_from": "lightgcn"}, {"model": "lightgcn"},
                   {"model": "lightgcn", "name": "lgn-d4", "settings": {"dim": 4}},
-                  {"model": "hashgnn", "name": "hashgnn-d4-pre", "start_from": "lgn-d4", "settings": {"dim": 4}}]
+                  {"model": "hashgnn", "name": "hashgnn-d4-pre", "start_from": "lgn-d4", "settings": {"dim": 4}},
+                  {"model": "lsh", "name": "lsh-d4", "start_from": "lgn-d4", "settings": {"dim": 4}},
+                  {"model": "lsh"}]
     path = _write(tmp_path, cells=cells_spec, settings=settings)
     cells = expand_cells(load_experiment(path))
     assert [c.model for c in cells[:4]] == ["lightgcn"] * 4  # sources first
@@ -206,13 +208,19 @@ def test_start_from_cells_start_from_the_full_precision_cell_of_their_seed(tmp_p
         cfg = (tmp_path / "out" / "syn" / "hqgnn-pre-b1" / f"seed{seed}" / "config.yaml").read_text()
         assert f"lightgcn{'/'}seed{seed}" in cfg.replace("\\", "/")
         assert (tmp_path / "out" / "syn" / "hashgnn-d4-pre-b1" / f"seed{seed}" / "metrics.json").is_file()
+    # a post-hoc cell quantizes the full-precision cell it names, else the grid's lightgcn
+    lsh = {c.display: cell_config(c, tmp_path / "out").from_run for c in cells if c.model == "lsh" and c.seed == 2}
+    assert lsh == {"lsh-d4": str(tmp_path / "out" / "syn" / "lgn-d4" / "seed2"),
+                   "lsh": str(tmp_path / "out" / "syn" / "lightgcn" / "seed2")}
+    rows = {r["model"]: r for r in collect(cells, tmp_path / "out") if r["seed"] == 2}
+    assert rows["lsh-d4"]["dim"] == 4 and rows["lsh"]["dim"] == 8
 
 
 @pytest.mark.parametrize("cell,message", [
     ({"model": "hqgnn", "start_from": "hashgnn"}, "start_from='hashgnn' needs"),
     ({"model": "hqgnn", "start_from": "mf"}, r"start_from='mf' needs .* \(lightgcn\)"),  # no mf cell
     ({"model": "lightgcn", "start_from": "lightgcn"}, "start_from='lightgcn' needs"),
-    ({"model": "ptq", "start_from": "lightgcn"}, "start_from='lightgcn' needs"),
+    ({"model": "ptq", "start_from": "lgn"}, r"start_from='lgn' needs .* \(lightgcn\)"),
     ({"model": "hqgnn", "start-from": "lightgcn"}, "unknown key 'start-from'"),
 ])
 def test_bad_experiment_cells_are_named(tmp_path, cell, message):

@@ -29,7 +29,8 @@ against bits, training curves); ``compare`` adds a paired head-to-head table per
 pair of models at each bit width both were run at.
 
 Post-hoc cells (``lsh``, ``ptq``) quantize the full-precision cell of the same
-data set and seed: ``lightgcn`` when the grid has one, else ``mf``. A trained quantized cell
+data set and seed: ``lightgcn`` when the grid has one, else ``mf``, or the one their
+``start_from: NAME`` names (e.g. a 2-layer variant ``lightgcn-L2``). A trained quantized cell
 with ``start_from: NAME`` starts from the trained E0 of the full-precision cell so named (its
 ``name``, else its model: ``lightgcn``, ``mf``) of the same data set and seed (setting
 ``from_run``, a pre-training stage).
@@ -123,9 +124,8 @@ def expand_cells(spec: dict) -> list[Cell]:
                 raise ConfigError(f"experiment cell {entry!r}: unknown key {sorted(unknown)[0]!r} "
                                   f"(known: {', '.join(sorted(_CELL_KEYS))})")
             start = entry.get("start_from")
-            if start is not None and (start not in full_precision or entry["model"] not in QUANTIZED_MODELS
-                                      or entry["model"] in POST_HOC_MODELS):
-                raise ConfigError(f"experiment cell {entry!r}: start_from={start!r} needs a trained quantized "
+            if start is not None and (start not in full_precision or entry["model"] not in QUANTIZED_MODELS):
+                raise ConfigError(f"experiment cell {entry!r}: start_from={start!r} needs a quantized "
                                   f"model and the name of a full-precision cell of the grid "
                                   f"({', '.join(sorted(full_precision)) or 'none'})")
             bits_list = entry.get("bits")
