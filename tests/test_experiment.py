@@ -245,3 +245,33 @@ def test_one_bit_width_grids_plot_bars_and_full_precision_variants_are_lines(tmp
         cells = [Cell("d", "", "hqgnn", 1, 1, None, ())]  # no run folder: an empty curves plot
         plot_report(rows, cells, ["recall@50"], out, tmp_path)
         assert (out / "d-bits.png").stat().st_size > 1000
+
+
+def test_jobs_run_the_grid_in_worker_processes_then_the_skipped_cells(tmp_path):
+    path = _write(tmp_path)
+    out = tmp_path / "out"
+    assert main(["experiment", str(path), "--jobs", "3", "--quiet"]) == 0
+    cells = expand_cells(load_experiment(path))
+    assert all((c.run_dir(out) / "metrics.json").is_file() for c in cells)
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["shard-1.log", "shard-2.log", "shard-3.log"]
+    assert not any("Traceback" in p.read_text() for p in (out / "logs").iterdir())
+    rows = (out / "reports" / "tiny" / "summary.md").read_text()
+    assert "| lsh | 1 | 2 |" in rows and "| hqgnn | 2 | 2 |" in rows  # every cell of both seeds reported
+
+
+def test_no_report_trains_without_writing_the_report(tmp_path):
+    path = _write(tmp_path, cells=[{"model": "lightgcn"}], seeds=[1])
+    assert main(["experiment", str(path), "--no-report", "--quiet"]) == 0
+    assert (tmp_path / "out" / "syn" / "lightgcn" / "seed1" / "metrics.json").is_file()
+    assert not (tmp_path / "out" / "reports").exists()
+
+
+def test_a_failing_worker_is_named_with_its_log(tmp_path, capsys):
+    path = _write(tmp_path, datasets={"gone": str(tmp_path / "no-such-folder")}, cells=[{"model": "lightgcn"}])
+    assert main(["experiment", str(path), "--jobs", "2", "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "experiment worker 1/2 exited with 2" in err and "no-such-folder" in err and "shard-1.log" in err
+    assert err.count("\n") == 1
+    with pytest.raises(ConfigError, match="--jobs 2: must be >= 1, and alone"):
+        from hqgnn.experiment import run_experiment
+        run_experiment(path, shard="1/2", jobs=2)

@@ -137,7 +137,7 @@ def cmd_experiment(args) -> int:
     from .experiment import run_experiment
 
     run_experiment(args.file, out_dir=args.out, progress=not args.quiet, shard=args.shard, seeds=args.seeds,
-                   report_only=args.report_only)
+                   report_only=args.report_only, jobs=args.jobs, report=not args.no_report)
     return 0
 
 
@@ -225,8 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="output folder (default: from the file)")
     g.add_argument("--shard", help="K/N: run every N-th cell starting at the K-th (parallel workers; rerun without it to finish)")
     g.add_argument("--seeds", type=int, nargs="+", help="run only the cells of these seeds (a first look; rerun without it to finish)")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="N worker processes, a shard each, then the cells they skipped (set threads in the grid's settings, e.g. threads: 1)")
     g.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report of the cells already finished (e.g. copied from another machine)")
+    g.add_argument("--no-report", action="store_true", help="train only; leave the report to a later run (what --jobs workers do)")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_experiment)
     return p

@@ -22,7 +22,8 @@ An experiment file::
 
 Every cell is a normal run folder ``OUT/DATASET/MODEL-bB/seedS``; a cell with
 ``metrics.json`` is finished and is not rerun, one with only a checkpoint is
-resumed. The report, in ``OUT/reports/NAME/``: ``results.csv`` (one row per run), ``summary.md`` (mean
+resumed. ``--shard K/N`` runs every N-th cell (one worker of N); ``--jobs N`` starts N such
+workers itself and then runs the cells they had to skip. The report, in ``OUT/reports/NAME/``: ``results.csv`` (one row per run), ``summary.md`` (mean
 +- std over seeds, gain and paired t-test p-value against the reference), and
 PNG plots (metric against bits with the full-precision line, model size
 against bits, training curves); ``compare`` adds a paired head-to-head table per
@@ -50,7 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import FULL_PRECISION_MODELS, ONE_BIT_MODELS, POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
-from .errors import ConfigError
+from .errors import ConfigError, HQGNNError
 from .storage import write_text_atomic
 
 _KEYS = {"name", "out", "datasets", "config", "settings", "seeds", "cells", "reference", "compare", "metrics"}
@@ -185,9 +186,13 @@ def parse_shard(text: Optional[str]) -> tuple[int, int]:
 
 
 def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, shard: Optional[str] = None,
-                   seeds: Optional[list[int]] = None, report_only: bool = False) -> Path:
+                   seeds: Optional[list[int]] = None, report_only: bool = False, jobs: int = 1,
+                   report: bool = True) -> Path:
     """Run the unfinished cells (of one shard, for parallel workers; of some seeds only, for a
-    first look; none with ``report_only``) and write the report of every finished cell."""
+    first look; none with ``report_only``) and write the report of every finished cell.
+
+    ``jobs > 1`` runs the grid in that many worker processes, one shard each, then the cells
+    they had to skip (a cell whose source cell another worker was still training) here."""
     from .api import Recommender, prepare_data
 
     spec = load_experiment(path)
@@ -201,9 +206,14 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
     chosen = [(c, cfg) for c, cfg in zip(all_cells, configs) if seeds is None or c.seed in seeds]
     if not chosen:
         raise ConfigError(f"--seeds {' '.join(map(str, seeds or []))}: no cell of {path} has these seeds")
+    if jobs < 1 or (jobs > 1 and (shard or report_only)):
+        raise ConfigError(f"--jobs {jobs}: must be >= 1, and alone (not with --shard or --report-only)")
+    if jobs > 1:
+        run_workers(path, out, jobs, seeds, [c for c, _ in chosen], progress)
     mine = [] if report_only else [pair for j, pair in enumerate(chosen) if j % count == index]
+    mine = [(c, cfg) for c, cfg in mine if not (c.run_dir(out) / "metrics.json").is_file()]  # finished: not rerun
     data_cache: dict = {}
-    bar = tqdm(total=len(mine), desc=f"experiment {spec['name']}", unit="run", disable=not progress)
+    bar = tqdm(total=len(mine), desc=f"experiment {spec['name']}", unit="run", disable=not progress or not mine)
     for cell, cfg in mine:
         run_dir = cell.run_dir(out)
         bar.set_postfix_str(f"{cell.dataset} {cell.label} seed {cell.seed}")
@@ -217,8 +227,49 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
             rec.fit(data_cache[key], out_dir=run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=False)
         bar.update(1)
     bar.close()
-    write_report(spec, all_cells, out)
+    if report:
+        write_report(spec, all_cells, out)
     return out
+
+
+def run_workers(path, out: Path, jobs: int, seeds: Optional[list[int]], cells: list[Cell], progress: bool) -> None:
+    """``jobs`` processes of ``hqgnn experiment --shard K/jobs``, each logging to
+    ``OUT/logs/shard-K.log``; a bar counts finished cells until all have exited. Cells run in
+    processes rather than threads: each trains with its own torch threads and memory."""
+    import subprocess
+    import sys
+    import time
+
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for k in range(1, jobs + 1):
+        cmd = [sys.executable, "-m", "hqgnn", "experiment", str(path), "--out", str(out), "--shard", f"{k}/{jobs}",
+               "--quiet", "--no-report"] + (["--seeds", *map(str, seeds)] if seeds else [])
+        log = logs / f"shard-{k}.log"
+        with open(log, "w") as fh:
+            workers.append((k, log, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
+
+    def finished() -> int:
+        return sum((c.run_dir(out) / "metrics.json").is_file() for c in cells)
+
+    bar = tqdm(total=len(cells), initial=finished(), desc=f"experiment ({jobs} workers)", unit="run",
+               disable=not progress)
+    try:
+        while any(p.poll() is None for _, _, p in workers):
+            time.sleep(2)
+            bar.update(finished() - bar.n)
+    finally:
+        for _, _, p in workers:  # interrupted: stop the workers too (their cells resume later)
+            if p.poll() is None:
+                p.terminate()
+        bar.close()
+    failed = [(k, log, p.returncode) for k, log, p in workers if p.returncode != 0]
+    if failed:
+        k, log, rc = failed[0]
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        raise HQGNNError(f"experiment worker {k}/{jobs} exited with {rc} ({len(failed)} of {jobs} failed): "
+                          f"{lines[-1] if lines else 'no output'} (log: {log})")
 
 
 # ---------------------------------------------------------------- report
