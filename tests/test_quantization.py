@@ -265,11 +265,21 @@ def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
     assert Trainer(cfg, small_data, None, progress=False).fit()["recall@20"] == pytest.approx(results["ptq", 4]["recall@20"])
     # and a quantized run is no source of full-precision embeddings
     (tmp_path / "hq").mkdir()
-    torch.save({"config": {"model": "hqgnn", "layers": 3}, "model": {}}, tmp_path / "hq" / "model.pt")
+    from hqgnn.training import CHECKPOINT_VERSION
+
+    torch.save({"version": CHECKPOINT_VERSION, "config": {"model": "hqgnn", "layers": 3}, "model": {}},
+               tmp_path / "hq" / "model.pt")
     cfg = Config.load(overrides=["model=lsh", f"from_run={tmp_path / 'hq'}", "threads=1", "dim=16", "val_fraction=0",
                                  "eval_split=test"])
     with pytest.raises(CheckpointError, match=r"hq.model\.pt: from_run must be a full-precision lightgcn or mf run, got 'hqgnn'"):
         Trainer(cfg, small_data, None, progress=False).fit()
+    # a damaged or foreign model.pt is named as such, as any checkpoint is
+    (tmp_path / "hq" / "model.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"hq.model\.pt: corrupt checkpoint"):
+        Trainer(cfg, small_data, None, progress=False)
+    torch.save({"config": {"model": "lightgcn"}}, tmp_path / "hq" / "model.pt")
+    with pytest.raises(CheckpointError, match=r"hq.model\.pt: not an hqgnn checkpoint"):
+        Trainer(cfg, small_data, None, progress=False)
 
 
 def test_export_codes_equal_training_quantizer(small_data):

@@ -361,10 +361,7 @@ def load_full_precision_run(run_dir, encoder: LightGCN, data, model: str, device
     path = Path(run_dir) / "model.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: from_run has no trained model (train a lightgcn run first)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: corrupt model file ({type(exc).__name__})") from None
+    state = load_checkpoint(path)
     run_cfg = state.get("config", {})
     if run_cfg.get("model") not in FULL_PRECISION_MODELS:
         raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn or mf run, got {run_cfg.get('model')!r}")
