@@ -81,6 +81,10 @@ class Cell:
     def run_dir(self, out: Path) -> Path:
         return out / self.dataset / self.label / f"seed{self.seed}"
 
+    def is_finished(self, out: Path) -> bool:
+        """A cell with ``metrics.json`` is finished: it is reported and never rerun."""
+        return (self.run_dir(out) / "metrics.json").is_file()
+
 
 def load_experiment(path) -> dict:
     spec = read_yaml(path)
@@ -211,7 +215,7 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
     if jobs > 1:
         run_workers(path, out, jobs, seeds, [c for c, _ in chosen], progress)
     mine = [] if report_only else [pair for j, pair in enumerate(chosen) if j % count == index]
-    mine = [(c, cfg) for c, cfg in mine if not (c.run_dir(out) / "metrics.json").is_file()]  # finished: not rerun
+    mine = [(c, cfg) for c, cfg in mine if not c.is_finished(out)]
     data_cache: dict = {}
     bar = tqdm(total=len(mine), desc=f"experiment {spec['name']}", unit="run", disable=not progress or not mine)
     for cell, cfg in mine:
@@ -219,7 +223,7 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
         bar.set_postfix_str(f"{cell.dataset} {cell.label} seed {cell.seed}")
         if cfg.from_run and not (Path(cfg.from_run) / "model.pt").is_file():
             bar.write(f"skipped {cell.dataset} {cell.label} seed {cell.seed}: {cfg.from_run} is not finished (another shard?)")
-        elif not (run_dir / "metrics.json").is_file():
+        elif not cell.is_finished(out):  # another shard may have finished it meanwhile
             key = (cfg.data, cfg.val_fraction, cfg.split_seed)
             if key not in data_cache:
                 data_cache[key] = prepare_data(cfg)
@@ -251,7 +255,7 @@ def run_workers(path, out: Path, jobs: int, seeds: Optional[list[int]], cells: l
             workers.append((k, log, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
 
     def finished() -> int:
-        return sum((c.run_dir(out) / "metrics.json").is_file() for c in cells)
+        return sum(c.is_finished(out) for c in cells)
 
     bar = tqdm(total=len(cells), initial=finished(), desc=f"experiment ({jobs} workers)", unit="run",
                disable=not progress)
