@@ -83,6 +83,16 @@ class Config:
     split_seed: int = 2020
     user_column: Optional[str] = None
     item_column: Optional[str] = None
+    rating_column: Optional[str] = None  # found by name (rating, score) when not set
+    timestamp_column: Optional[str] = None  # found by name (timestamp, time, ts, date) when not set
+    # preprocessing of single-file inputs, in this order (hqgnn.data.table):
+    duplicates: str = "first"  # a repeated (user, item) keeps its first | last row (by timestamp, else file order)
+    min_rating: Optional[float] = None  # keep rows rated at least this (explicit -> implicit feedback)
+    min_user_interactions: int = 0  # k-core: users with fewer are removed, iterated with items to a fixed point
+    min_item_interactions: int = 0
+    split_method: str = "random"  # random | temporal | global_time | leave_one_out (test, then validation)
+    # a (user, item) pair in both train and test of a pre-split input: error | drop (from test)
+    train_test_overlap: str = "error"
     synthetic_users: int = 3000
     synthetic_items: int = 2000
     synthetic_seed: int = 0
@@ -131,6 +141,13 @@ class Config:
         need(len(self.ks) > 0 and all(isinstance(k, int) and k >= 1 for k in self.ks), "ks", "a list of integers >= 1")
         need(self.eval_batch_size >= 1, "eval_batch_size", ">= 1")
         need(0 < self.test_fraction < 1, "test_fraction", "in (0, 1)")
+        need(self.duplicates in ("first", "last"), "duplicates", "first | last")
+        need(self.min_rating is None or math.isfinite(self.min_rating), "min_rating", "a finite number or null")
+        need(self.min_user_interactions >= 0, "min_user_interactions", ">= 0")
+        need(self.min_item_interactions >= 0, "min_item_interactions", ">= 0")
+        need(self.split_method in ("random", "temporal", "global_time", "leave_one_out"), "split_method",
+             "random | temporal | global_time | leave_one_out")
+        need(self.train_test_overlap in ("error", "drop"), "train_test_overlap", "error | drop")
         need(self.synthetic_users >= 10, "synthetic_users", ">= 10")
         need(self.synthetic_items >= 10, "synthetic_items", ">= 10")
         metric, _, k = self.early_stop_metric.partition("@")

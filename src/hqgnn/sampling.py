@@ -26,7 +26,8 @@ class TripleSampler:
             self.keys = np.sort(self.keys)
         full = deg >= self.n_items
         if full.any():
-            raise DataError(f"user {int(np.flatnonzero(full)[0])} has every item in training: no negative exists")
+            raise DataError(f"user index {int(np.flatnonzero(full)[0])} has every item in training: no negative exists "
+                            "(hqgnn.data.check_trainable names it by its original id)")
 
     def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         q = users * self.n_items + items
