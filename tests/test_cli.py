@@ -119,3 +119,38 @@ def test_repeated_set_flags_all_apply():
     args = build_parser().parse_args(["train", "--data", "synthetic", "--out", "x", "--set", "lr=0.1", "dim=8",
                                       "--set", "epochs=3", "--set", "batch_size=64"])
     assert args.set == ["lr=0.1", "dim=8", "epochs=3", "batch_size=64"]
+
+
+def _short_list_artifact(path, n_items=2000, dim=64, seed=3):
+    """A 1-bit artifact of random codes: user 0 has seen 30 items, user 1 all but 7."""
+    import scipy.sparse as sp
+
+    from hqgnn.index import QuantizedIndex
+
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, 2, (2, dim)).astype(np.uint8)
+    items = rng.integers(0, 2, (n_items, dim)).astype(np.uint8)
+    counts = [30, n_items - 7]
+    rows = np.repeat([0, 1], counts)
+    cols = np.concatenate([rng.choice(n_items, c, replace=False) for c in counts])
+    train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(2, n_items))
+    QuantizedIndex.from_codes(items, 1, user_codes=users, train=train).save(path)
+    return train.toarray() > 0
+
+
+@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw", "exact"])
+def test_recommend_fills_k_and_says_how_many(tmp_path, capsys, backend):
+    """hqgnn recommend --k 1500 on a 2,000-item 1-bit artifact: 1,500 items, or all the user may get."""
+    path = tmp_path / "short.hqgnn"
+    seen = _short_list_artifact(path)
+    capsys.readouterr()
+    assert main(["recommend", str(path), "--user", "0", "--k", "1500", "--backend", backend]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["found"] == 1500 == len(out["items"]) == len(set(out["items"]))
+    assert not seen[0, out["items"]].any() and out["scores"] == sorted(out["scores"], reverse=True)
+    users = tmp_path / "users.txt"
+    users.write_text("0\n1\n")
+    assert main(["recommend", str(path), "--users", str(users), "--k", "1500", "--backend", backend]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [r["found"] for r in both] == [1500, 7]  # user 1 has 7 unseen items: found < k, stated
+    assert sorted(both[1]["items"]) == np.flatnonzero(~seen[1]).tolist()

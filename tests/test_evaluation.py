@@ -10,6 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from hqgnn.data import InteractionData
+from hqgnn.errors import DataError
 from hqgnn.evaluation import (
     evaluate_embeddings,
     evaluate_popularity,
@@ -105,11 +106,11 @@ def test_users_without_test_items_are_skipped():
             assert more[key] == pytest.approx(base[key], abs=1e-7)
 
 
-def test_no_target_users_gives_zero_metrics():
+def test_no_target_users_is_an_error_naming_the_split():
+    # an average over no users is undefined: not 0.0
     empty = sp.csr_matrix((4, 6), dtype=np.float32)
-    out = evaluate_scores(table_scores(SCORES), empty, [TRAIN], ks=[3])
-    assert out["users"] == 0
-    assert out["recall@3"] == 0.0
+    with pytest.raises(DataError, match="the test split has no user with a test item"):
+        evaluate_scores(table_scores(SCORES), empty, [TRAIN], ks=[3], split="test")
 
 
 # ---------------------------------------------------------------- masking

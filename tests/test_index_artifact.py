@@ -145,3 +145,83 @@ def test_header_is_plain_json(tmp_path):
     assert set(meta["arrays"]) == {"user_codes", "item_codes", "user_ids", "item_ids", "train_indptr",
                                    "train_indices"}
     assert all(spec["offset"] % 64 == 0 for spec in meta["arrays"].values())
+
+
+# ---------------------------------------------------------------- finite scores
+def reseal(path, name, index, value):
+    """Write ``value`` into element ``index`` of array ``name`` and recompute the sha256: a file
+    whose checksum is valid but whose values are not (what a buggy writer would leave)."""
+    import hashlib
+
+    meta, payload = A.read_header(path)
+    spec = meta["arrays"][name]
+    dtype = np.dtype(spec["dtype"])
+    raw = bytearray(path.read_bytes())
+    at = payload + spec["offset"] + index * dtype.itemsize
+    raw[at: at + dtype.itemsize] = np.array([value], dtype=dtype).tobytes()
+    raw[A.PREAMBLE.size - 32: A.PREAMBLE.size] = hashlib.sha256(bytes(raw[A.PREAMBLE.size:])).digest()
+    path.write_bytes(bytes(raw))
+
+
+def _float_table(n, value=None):
+    rng = np.random.default_rng(n)
+    arr = rng.standard_normal((n, DIM)).astype(np.float32)
+    if value is not None:
+        arr[n // 2, 3] = value
+    return arr
+
+
+@pytest.mark.parametrize("bits, changes, message", [
+    (32, {"user_codes": _float_table(N_USERS, np.nan)},
+     "user_codes (float32 embeddings) holds 1 NaN of its 2800 values"),
+    (32, {"item_codes": _float_table(N_ITEMS, -np.inf)}, "item_codes (float32 embeddings) holds 1 inf of its 6300 values"),
+    (32, {"item_codes": np.full((N_ITEMS, DIM), 1e39, np.float64)},  # beyond float32: inf once stored
+     "item_codes (float32 embeddings) holds 6300 inf of its 6300 values"),
+    (32, {"item_codes": np.full((N_ITEMS, DIM), 3e20, np.float32)},  # finite, but item-to-item 3e20^2 * 70 is not
+     "item_codes item-to-item scores can overflow float32 (max item norm 2.51e+21 x max item norm 2.51e+21 > 3.4e+38)"),
+    (32, {"user_codes": _float_table(N_USERS) * 1e19, "item_codes": _float_table(N_ITEMS) * 1e19},
+     "user_codes / item_codes scores can overflow float32 (max user norm"),
+    (32, {"user_codes": None, "item_codes": _float_table(N_ITEMS) * 3e18},
+     "item_codes item-to-item scores can overflow float32 (max item norm"),
+    (3, {"user_scale": float("inf")}, "user_scale is inf; a scale must be a finite number > 0"),
+    (3, {"item_scale": float("nan")}, "item_scale is nan; a scale must be a finite number > 0"),
+    (1, {"item_scale": 0.0}, "item_scale is 0.0; a scale must be a finite number > 0"),
+    (8, {"user_scale": -0.5}, "user_scale is -0.5"),
+    (8, {"user_scale": 1e17, "item_scale": 1e17}, "user_scale / item_scale scores can overflow float32"),
+])
+def test_export_refuses_nonfinite_scores_and_writes_nothing(tmp_path, bits, changes, message):
+    path = tmp_path / "model.hqi"
+    with pytest.raises(CheckpointError) as err:
+        export(path, bits, **changes)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: refusing to write the artifact: ") and message in msg and "\n" not in msg, msg
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
+    export(path, bits)  # the same call with sane values writes
+    good = path.read_bytes()
+    with pytest.raises(CheckpointError):
+        export(path, bits, **changes)
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["model.hqi"]
+
+
+def test_read_refuses_a_sealed_artifact_with_nan_or_bad_scales(tmp_path, monkeypatch):
+    path = tmp_path / "model.hqi"
+    export(path, 32)
+    reseal(path, "item_codes", 17, np.nan)
+    for mmap in (True, False):
+        with pytest.raises(CheckpointError) as err:
+            read_artifact(path, mmap=mmap)
+        assert str(err.value) == f"{path}: unusable artifact: item_codes (float32 embeddings) holds 1 NaN of its 6300 values"
+    with pytest.raises(CheckpointError, match="item_codes .* holds 1 NaN"):
+        open_index(path)
+    export(path, 32)
+    reseal(path, "user_codes", 0, 3e38)  # finite, but its scores overflow float32
+    with pytest.raises(CheckpointError, match="unusable artifact: user_codes / item_codes scores can overflow float32"):
+        read_artifact(path)
+    # scales live in the header: write one with a bad scale past the writer's check
+    for scale, shown in ((float("nan"), "nan"), (float("inf"), "inf"), (0.0, "0.0")):
+        monkeypatch.setattr(A, "check_finite_scores", lambda *args, **kwargs: None)
+        export(path, 2, item_scale=scale)
+        monkeypatch.undo()
+        with pytest.raises(CheckpointError) as err:
+            QuantizedIndex.from_artifact(path)
+        assert str(err.value) == f"{path}: unusable artifact: item_scale is {shown}; a scale must be a finite number > 0"

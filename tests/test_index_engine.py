@@ -207,3 +207,98 @@ def test_int8_kernel_at_eight_bits_uses_shifted_levels():
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), kernel
     levels = lambda c: 2 * c.astype(np.int64) - 255  # noqa: E731
     assert got[1][0, 0] == levels(users[0]) @ levels(items[0])
+
+
+# ---------------------------------------------------------------- approximate backends: full lists
+def short_list_case(seed=11, n_users=12, n_items=2000, dim=64):
+    """1-bit codes of 2,000 items; users 0..9 have seen 40 items, user 10 has seen 600 (1,400
+    eligible), user 11 all but 10. Returns codes, the seen CSR and the brute-force scores d - 2 Hamming."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, 2, (n_users, dim)).astype(np.uint8)
+    items = rng.integers(0, 2, (n_items, dim)).astype(np.uint8)
+    seen_counts = [40] * (n_users - 2) + [600, n_items - 10]
+    rows = np.repeat(np.arange(n_users), seen_counts)
+    cols = np.concatenate([rng.choice(n_items, c, replace=False) for c in seen_counts])
+    train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+    levels = lambda c: 2 * c.astype(np.int64) - 1  # noqa: E731
+    return users, items, train, levels(users) @ levels(items).T
+
+
+def brute_force_order(S, seen):
+    """Every eligible item per user, best first, ties to the lower index (the reference ranking)."""
+    n = S.shape[1]
+    return [[int(i) for i in np.lexsort((np.arange(n), -S[u])) if not seen[u, i]] for u in range(len(S))]
+
+
+@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw"])
+def test_approximate_backends_fill_k_or_say_how_many(backend, tmp_path):
+    from hqgnn.export import ArtifactRecommender
+
+    users, items, train, S = short_list_case()
+    seen = train.toarray() > 0
+    eligible = (~seen).sum(axis=1)
+    path = tmp_path / "short.hqgnn"
+    QuantizedIndex.from_codes(items, 1, user_codes=users, train=train).save(path)
+    index = QuantizedIndex.from_artifact(path, backend=backend)
+    k = 1500
+    if backend == "faiss-ivf":  # the premise: IVF's default probing alone comes back short
+        import faiss
+
+        planes = index._faiss_queries(index._user_queries(np.arange(len(users))))
+        _, raw_ids = index._faiss_index().search(planes, k, params=faiss.SearchParametersIVF(nprobe=16))
+        assert (raw_ids >= 0).sum(axis=1).max() < k
+    got, scores = index.search(k=k, exclude="train")
+    want_found = np.minimum(k, eligible)
+    assert want_found.tolist() == [k] * 10 + [1400, 10]
+    assert np.array_equal((got >= 0).sum(axis=1), want_found)
+    for u in range(len(users)):
+        row = got[u, : want_found[u]]
+        assert len(set(row.tolist())) == len(row) and not seen[u, row].any()
+        assert np.array_equal(scores[u, : want_found[u]], S[u, row])  # the true scores
+        assert np.all(np.diff(scores[u, : want_found[u]]) <= 0)
+        assert np.all(got[u, want_found[u]:] == -1)
+    # a user with fewer eligible items than k gets them all, exactly ranked
+    assert got[11, :10].tolist() == brute_force_order(S[11:], seen[11:])[0]
+    # k = the eligible count: full coverage, the exact backend's answer (items and order)
+    full = int(eligible[10])
+    approx_items, _ = index.search([10], k=full, exclude="train")
+    exact_items, _ = QuantizedIndex.from_artifact(path).search([10], k=full, exclude="train")
+    assert approx_items[0].tolist() == exact_items[0].tolist() == brute_force_order(S[10:11], seen[10:11])[0]
+    # every answer says how many items it holds
+    recs = ArtifactRecommender(path, backend=backend).recommend([0, 11], k=k)
+    assert [r["found"] for r in recs] == [k, 10] and [len(r["items"]) for r in recs] == [k, 10]
+    rec = index.recommend([0, 11], k=k)
+    assert rec.found.tolist() == [k, 10]
+
+
+def test_faiss_rows_still_short_at_the_widest_setting_get_an_exact_search(monkeypatch):
+    """No widening at all (as if the widest setting were reached): the short rows are searched
+    exactly, so the answer is the exact backend's."""
+    from hqgnn.index import faiss_backend
+
+    users, items, train, S = short_list_case(seed=5)
+    index = QuantizedIndex.from_codes(items, 1, user_codes=users, train=train, backend="faiss-ivf")
+    monkeypatch.setattr(faiss_backend, "_widened", lambda *args, **kwargs: None)
+    got, scores = index.search(k=1500, exclude="train")
+    index.backend = "exact"
+    want, want_scores = index.search(k=1500, exclude="train")
+    assert np.array_equal(got, want) and np.array_equal(scores, want_scores)
+    ref = brute_force_order(S, train.toarray() > 0)
+    assert all(got[u][got[u] >= 0].tolist() == ref[u][:1500] for u in range(len(S)))
+
+
+def test_faiss_widening_rounds():
+    from hqgnn.index.faiss_backend import _widened
+
+    class IVF:
+        nlist = 51
+
+    class HNSW:
+        hnsw = object()
+
+    assert _widened(IVF, {"nprobe": 16}, 2000) == {"nprobe": 32}
+    assert _widened(IVF, {"nprobe": 32}, 2000) == {"nprobe": 51}
+    assert _widened(IVF, {"nprobe": 51}, 2000) is None  # every list scanned: exhaustive
+    assert _widened(HNSW, {"efSearch": 128}, 2000, floor=1510) == {"efSearch": 2000}
+    assert _widened(HNSW, {"efSearch": 128}, 2000, floor=100) == {"efSearch": 256}
+    assert _widened(HNSW, {"efSearch": 2000}, 2000) is None

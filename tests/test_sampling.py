@@ -105,7 +105,7 @@ def test_user_with_every_item_raises():
     m = np.zeros((3, 4), dtype=np.float32)
     m[0, :2] = 1
     m[2, :] = 1
-    with pytest.raises(DataError, match="user 2 has every item"):
+    with pytest.raises(DataError, match="user index 2 has every item"):
         TripleSampler(sp.csr_matrix(m))
 
 

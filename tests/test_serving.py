@@ -138,7 +138,7 @@ def test_recommend_get_matches_engine_and_excludes_seen(server, reference):
         assert r.headers["content-type"] == "application/json"
         assert Recommendation.model_validate(body).model_dump(exclude_none=True) == body  # the documented schema
         assert body["user"] == user and "fallback" not in body
-        assert len(body["items"]) == 10 == len(set(body["items"]))
+        assert len(body["items"]) == 10 == len(set(body["items"])) == body["found"]
         assert body["scores"] == sorted(body["scores"], reverse=True)
         seen = {ref["items"][i] for i in art.train_indices[art.train_indptr[row]:art.train_indptr[row + 1]]}
         assert not seen & set(body["items"])
@@ -269,6 +269,34 @@ def test_metrics_prometheus_text(server):
     assert re.search(r'^hqgnn_model_info\{model="hqgnn",bits="1",dim="16",checksum="[0-9a-f]{64}"\} 1$', text, re.M)
 
 
+@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw"])
+def test_approximate_backend_answers_are_full_or_say_how_many(tmp_path, backend):
+    """A 2,000-item 1-bit artifact served with an approximate backend: k=1500 gives 1,500 items,
+    and a user with fewer eligible items than k gets them all with ``found`` < k."""
+    import scipy.sparse as sp
+
+    from hqgnn.index import QuantizedIndex
+
+    rng = np.random.default_rng(4)
+    n_items, dim = 2000, 64
+    users = rng.integers(0, 2, (2, dim)).astype(np.uint8)
+    items = rng.integers(0, 2, (n_items, dim)).astype(np.uint8)
+    counts = [25, n_items - 9]
+    rows = np.repeat([0, 1], counts)
+    cols = np.concatenate([rng.choice(n_items, c, replace=False) for c in counts])
+    seen = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(2, n_items)).toarray() > 0
+    path = tmp_path / "short.hqgnn"
+    QuantizedIndex.from_codes(items, 1, user_codes=users, train=sp.csr_matrix(seen)).save(path)
+    with running(create_app(path, backend=backend)) as client:
+        body = client.get("/recommend", params={"user": 0, "k": 1500}).json()
+        assert Recommendation.model_validate(body).model_dump(exclude_none=True) == body
+        assert body["found"] == 1500 == len(body["items"]) == len(set(body["items"]))
+        assert not seen[0, body["items"]].any() and body["scores"] == sorted(body["scores"], reverse=True)
+        batch = client.post("/recommend", json={"users": [0, 1], "k": 1500}).json()
+        assert [r["found"] for r in batch["results"]] == [1500, 9]
+        assert sorted(batch["results"][1]["items"]) == np.flatnonzero(~seen[1]).tolist()
+
+
 # ---------------------------------------------------------------- cold start
 def test_fallback_popular(artifacts, reference):
     ref = reference["quantized"]
@@ -280,7 +308,7 @@ def test_fallback_popular(artifacts, reference):
         assert cold.status_code == 200, cold.text
         body = cold.json()
         assert body["fallback"] == "popular" and body["user"] == 424242
-        assert body["items"] == popular
+        assert body["items"] == popular and body["found"] == 6
         assert body["scores"] == sorted(body["scores"], reverse=True)
         warm = client.get("/recommend", params={"user": ref["users"][0], "k": 6}).json()
         assert "fallback" not in warm
@@ -478,3 +506,45 @@ def test_cli_serve_refuses_a_bad_artifact(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("hqgnn: error: ") and "truncated" in lines[0], lines
     assert main(["serve", str(tmp_path / "missing.hqgnn")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- non-finite artifacts
+def _sealed_nan_copy(src: Path, dst: Path) -> Path:
+    """A copy of a float artifact with one NaN embedding value and a *valid* checksum."""
+    import hashlib
+
+    from hqgnn.index import artifact as A
+
+    raw = bytearray(Path(src).read_bytes())
+    meta, payload = A.read_header(src)
+    spec = meta["arrays"]["item_codes"]
+    at = payload + spec["offset"] + 5 * 4  # item 0, dimension 5 (float32)
+    raw[at: at + 4] = np.array([np.nan], np.float32).tobytes()
+    raw[16:48] = hashlib.sha256(bytes(raw[48:])).digest()
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def test_reload_of_a_nan_artifact_is_refused_and_startup_fails(artifacts, reference, tmp_path, capsys):
+    from hqgnn.cli import main
+
+    bad = _sealed_nan_copy(artifacts["float"], tmp_path / "nan.hqgnn")
+    reason = f"{bad}: unusable artifact: item_codes (float32 embeddings) holds 1 NaN of its {N_ITEMS * DIM} values"
+    user = reference["float"]["users"][3]
+    with running(create_app(artifacts["float"])) as client:
+        before = client.get("/recommend", params={"user": user, "k": 10}).json()
+        checksum = client.get("/info").json()["checksum"]
+        detail = _assert_one_line_error(client.post("/admin/reload", json={"path": str(bad)}), 409)
+        assert detail.startswith(f"reload refused: {reason}; still serving"), detail
+        assert client.get("/recommend", params={"user": user, "k": 10}).json() == before
+        info = client.get("/info").json()
+        assert info["checksum"] == checksum and info["reloads"] == 0
+        assert re.search(r'^hqgnn_reloads_total\{result="refused"\} 1$', client.get("/metrics").text, re.M)
+    capsys.readouterr()  # the server's own log of the refusal
+    # a server started on it never binds: one error line, exit status 2
+    assert main(["serve", str(bad), "--port", str(_free_port())]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"hqgnn: error: {reason}"], lines
+    # and the CLI's other readers refuse it the same way
+    assert main(["recommend", str(bad), "--user", str(user)]) == 2
+    assert capsys.readouterr().err.strip() == f"hqgnn: error: {reason}"

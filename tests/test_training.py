@@ -346,3 +346,191 @@ def test_l2_penalty_equals_sum_over_batch_rows(batch):
     (ge,) = torch.autograd.grad(got, E)
     (gx,) = torch.autograd.grad(expected, E)
     torch.testing.assert_close(ge, gx)
+
+
+# ---------------------------------------------------------------- divergence
+def _tiny_folder(root):
+    """The four-user LightGCN folder of the divergence report."""
+    root.mkdir()
+    (root / "train.txt").write_text("0 0 1 2\n1 1 2 3\n2 0 3 4\n3 2 4\n")
+    (root / "test.txt").write_text("0 3\n1 4\n2 1\n3 0 1\n")
+    return root
+
+
+def _all_finite(state) -> bool:
+    from hqgnn.training import named_tensors
+
+    return all(bool(torch.isfinite(t).all()) for _, t in named_tensors(state) if t.is_floating_point())
+
+
+@pytest.mark.parametrize("model, bits, eval_every, kept", [
+    ("hqgnn", 4, 5, None), ("lightgcn", None, 5, None), ("hashgnn", None, 5, None),
+    ("hqgnn", 1, 1, 1), ("ste", 2, 1, 1)])
+def test_lr_1e30_fails_with_one_line_and_writes_no_results(tmp_path, capsys, model, bits, eval_every, kept):
+    from hqgnn.cli import main
+
+    data = _tiny_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--model", model, "--out", str(run), "--quiet", "--set", "lr=1e30",
+            "epochs=20", f"eval_every={eval_every}", "val_fraction=0", "threads=1", "device=cpu"]
+    args += ["--bits", str(bits)] if bits else []
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("hqgnn: error: epoch 2 (batch 1): the BPR loss is nan; training diverged."), line
+    assert "a learning rate too high (lr=1e+30)" in line and "weight_decay=0.0001" in line and "init_std=0.1" in line
+    assert ("delta_scale=1" in line) == (model == "hqgnn")
+    assert not (run / "metrics.json").exists() and not (run / "model.pt").exists()
+    if kept is None:
+        assert not (run / "checkpoint.pt").exists()
+        assert f"No checkpoint of this run was written to {run} (one is written every 5 epochs)" in line
+        return
+    assert f"The last finite checkpoint, {run / 'checkpoint.pt'} (epoch {kept}), is kept" in line
+    state = load_checkpoint(run / "checkpoint.pt")  # refuses non-finite tensors itself
+    assert state["epoch"] == kept and _all_finite(state)
+    assert [h["epoch"] for h in map(json.loads, (run / "history.jsonl").read_text().splitlines())
+            if "loss" in h] == [1]
+    # a resume replays the same settings from the kept checkpoint: the same divergence, nothing written
+    assert main(args + ["--resume"]) == 2
+    assert "epoch 2 (batch 1): the BPR loss is nan" in capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == kept and not (run / "model.pt").exists()
+
+
+def test_nan_loss_stops_before_its_step_and_keeps_the_last_checkpoint(tmp_path, data, small_settings, monkeypatch):
+    from hqgnn.errors import TrainingDiverged
+
+    trainer = Trainer(make_cfg(small_settings, epochs=5, eval_every=2), data, tmp_path, progress=False)
+    real_loss = trainer.model.loss
+
+    def loss(*args):
+        value, info = real_loss(*args)
+        return (value * float("nan") if trainer.epoch == 2 else value), info
+
+    monkeypatch.setattr(trainer.model, "loss", loss)
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.fit()
+    msg = str(err.value)
+    assert msg.startswith("epoch 3 (batch 1): the BPR loss is nan; training diverged.") and "\n" not in msg
+    assert f"The last finite checkpoint, {tmp_path / 'checkpoint.pt'} (epoch 2), is kept" in msg
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 2
+    assert_same_weights(state["model"], weights(trainer))  # the NaN batch never stepped
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.pt").exists()
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_nonfinite_weights_after_an_epoch_stop_training(tmp_path, data, small_settings, monkeypatch):
+    from hqgnn.errors import TrainingDiverged
+
+    # one batch per epoch: the poisoned weight is seen by the end-of-epoch check, not by a later loss
+    trainer = Trainer(make_cfg(small_settings, epochs=4, batch_size=100000), data, tmp_path, progress=False)
+    real_step = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        if trainer.epoch == 1:
+            with torch.no_grad():
+                trainer.model.encoder.embedding[3, 5] = float("inf")
+        return out
+
+    monkeypatch.setattr(trainer.optimizer, "step", step)
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.fit()
+    n = trainer.model.encoder.embedding.numel()
+    assert str(err.value).startswith("epoch 2: non-finite weights after the epoch's updates: "
+                                     f"model.encoder.embedding holds 1 inf of its {n} values; training diverged.")
+    assert "(epoch 1), is kept" in str(err.value)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.pt").exists()
+
+
+def test_nonfinite_gste_delta_estimate_stops_training(tmp_path, data, small_settings, monkeypatch):
+    from hqgnn.errors import TrainingDiverged
+
+    trainer = Trainer(make_cfg(small_settings, model="hqgnn", bits=2, epochs=2), data, None, progress=False)
+    monkeypatch.setattr(trainer.model, "update_deltas", lambda ctx: {"delta_user": float("nan"), "delta_item": 0.1})
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.fit()
+    msg = str(err.value)
+    assert msg.startswith("epoch 1: the epoch-start estimate is non-finite (delta_user=nan); training diverged.")
+    assert "delta_scale=1" in msg and msg.endswith("No checkpoint is kept (no run folder)")
+
+
+def test_nonfinite_weights_are_refused_at_load(tmp_path, data, small_settings, capsys):
+    from hqgnn.api import Recommender
+    from hqgnn.cli import main
+
+    cfg = make_cfg(small_settings, epochs=1)
+    Trainer(cfg, data, tmp_path, progress=False).fit()
+    n = Trainer(cfg, data, None, progress=False).model.encoder.embedding.numel()
+    for name in ("model.pt", "checkpoint.pt"):
+        path = tmp_path / name
+        state = torch.load(path, weights_only=False)
+        state["model"]["encoder.embedding"][0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        torch.save(state, path)
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        assert str(err.value) == (f"{path}: non-finite weights: model.encoder.embedding holds 1 NaN and 2 inf of "
+                                  f"its {n} values (written by a diverged run; retrain it with a lower lr)")
+    with pytest.raises(CheckpointError, match="checkpoint.pt: non-finite weights: model.encoder.embedding"):
+        Trainer(cfg, data, tmp_path, progress=False).resume()
+    with pytest.raises(CheckpointError, match="model.pt: non-finite weights: model.encoder.embedding"):
+        Recommender.load(tmp_path, data=data)
+    # the CLI: one line, exit 2, no artifact
+    assert main(["export", str(tmp_path), str(tmp_path / "model.hqgnn")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "model.pt: non-finite weights: model.encoder.embedding holds 1 NaN" in lines[0]
+    assert not (tmp_path / "model.hqgnn").exists()
+    # the Adam state is checked too (a resume would step with it)
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["model"]["encoder.embedding"].nan_to_num_(0.0, 0.0, 0.0)
+    state["optimizer"]["state"][0]["exp_avg_sq"][1, 1] = float("inf")
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"optimizer\.state\.0\.exp_avg_sq holds 1 inf of its"):
+        load_checkpoint(path)
+
+
+def test_finish_refuses_nonfinite_weights_and_overflowing_scores(tmp_path, data, small_settings):
+    from hqgnn.errors import NonFiniteScores, TrainingDiverged
+
+    trainer = Trainer(make_cfg(small_settings, epochs=1), data, tmp_path, progress=False)
+    trainer.fit()
+    before = {name: (tmp_path / name).read_bytes() for name in ("metrics.json", "model.pt", "checkpoint.pt")}
+    with torch.no_grad():
+        trainer.model.encoder.embedding[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="epoch 1: non-finite weights at the end of training: "
+                                               "model.encoder.embedding holds 1 NaN"):
+        trainer.finish()  # what Recommender.save runs
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    # finite but huge: every score overflows float32, so no ranking (and no metrics) from it
+    with torch.no_grad():
+        trainer.model.encoder.embedding.fill_(1e20)
+    with pytest.raises(NonFiniteScores, match=r"cannot rank the valid split: the scores can overflow float32 "
+                                              r"\(max user norm .* x max item norm .* > 3\.4e\+38\)"):
+        trainer.evaluate("valid")
+    trainer.best_state = None  # report the last (huge) weights, not the best epoch's
+    with pytest.raises(TrainingDiverged, match="epoch 1: cannot rank the test split: the scores can overflow"):
+        trainer.finish()
+    assert all((tmp_path / name).read_bytes() == before[name] for name in ("metrics.json", "model.pt"))
+
+
+def test_overwrite_removes_the_old_results_before_training(tmp_path, capsys):
+    from hqgnn.cli import main
+
+    d = _tiny_folder(tmp_path / "ds")
+    run = tmp_path / "run"
+    ok = ["train", "--data", str(d), "--out", str(run), "--quiet", "--set", "epochs=2", "eval_every=1", "val_fraction=0",
+          "dim=4", "layers=1"]
+    assert main(ok) == 0
+    (run / "notes.txt").write_text("mine")
+    # a diverging rerun over it: the old metrics.json / model.pt must not stay beside the new config
+    assert main(ok + ["lr=1e30", "--overwrite"]) == 2
+    assert not (run / "metrics.json").exists() and not (run / "model.pt").exists()
+    assert (run / "notes.txt").read_text() == "mine"  # files that are not run files stay
+    # bad settings fail before anything is removed
+    assert main(ok) == 0
+    assert main(ok + ["train_test_overlap=sometimes", "--overwrite"]) == 2
+    assert (run / "metrics.json").exists()
+    capsys.readouterr()

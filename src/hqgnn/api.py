@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import SYNTHETIC, InteractionData, load_dataset, with_validation
+from .data import SYNTHETIC, InteractionData, check_trainable, load_dataset, with_validation
 from .errors import CheckpointError, ConfigError, DataError
-from .evaluation import csr_rows_to_dense_mask, rank_top_k
 from .training import Trainer, evaluate_model, load_checkpoint, resolve_device
 
 
-def prepare_data(cfg: Config, spec: Optional[str] = None) -> InteractionData:
-    """Load the data a config names and carve its validation split (seeded)."""
+def prepare_data(cfg: Config, spec: Optional[str] = None, check: bool = True) -> InteractionData:
+    """Load the data a config names (with its preprocessing and split settings) and carve its
+    validation split; ``check``: refuse data BPR cannot train on (``data.check_trainable``)."""
     spec = spec or cfg.data
     if not spec:
         raise ConfigError("setting data is missing: pass --data PATH (a LightGCN folder, a table file, or synthetic)")
@@ -37,9 +37,20 @@ def prepare_data(cfg: Config, spec: Optional[str] = None) -> InteractionData:
         split_seed=cfg.split_seed,
         user_column=cfg.user_column,
         item_column=cfg.item_column,
+        rating_column=cfg.rating_column,
+        timestamp_column=cfg.timestamp_column,
+        min_rating=cfg.min_rating,
+        min_user_interactions=cfg.min_user_interactions,
+        min_item_interactions=cfg.min_item_interactions,
+        duplicates=cfg.duplicates,
+        split_method=cfg.split_method,
+        train_test_overlap=cfg.train_test_overlap,
         synthetic_options={"n_users": cfg.synthetic_users, "n_items": cfg.synthetic_items, "seed": cfg.synthetic_seed},
     )
-    return with_validation(data, cfg.val_fraction, cfg.split_seed)
+    data = with_validation(data, cfg.val_fraction, cfg.split_seed)
+    if check:
+        check_trainable(data)
+    return data
 
 
 class Recommender:
@@ -142,23 +153,87 @@ class Recommender:
 
         return IdMap(self.data.original_user_ids(), self.data.n_users, "user").to_index(user_ids)
 
-    def recommend(self, user_ids: Sequence, k: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k original item ids and scores for each original user id."""
+    def index(self):
+        """The retrieval index that :meth:`recommend` answers from, built in memory once.
+
+        It holds exactly what :func:`hqgnn.export.export_run` writes to an artifact
+        (:func:`hqgnn.export.model_codes`, the original ids, and the seen items of
+        :func:`hqgnn.evaluation.seen_items`), so the API, the CLI, the artifact engine
+        and the HTTP server give one answer. Cached: rebuilt only when the model, its
+        graph or any of its weights change (a new ``fit``, ``load``, or edited weights).
+        """
+        from .evaluation import seen_items
+        from .export import model_codes
+        from .index.engine import FloatIndex, QuantizedIndex
+
+        self._need_model()
+        key = self._index_key()
+        cached = getattr(self, "_index_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        model, adj, data = self.trainer.model, self.trainer.adj, self.data
+        try:
+            codes = model_codes(model, adj)
+        except ConfigError:  # a model the integer index cannot serve (bigear): its float scoring embeddings
+            u, i = model.eval_embeddings(adj)
+            codes = {"bits": 32, "user_codes": u.cpu().numpy().astype(np.float32),
+                     "item_codes": i.cpu().numpy().astype(np.float32), "user_scale": 1.0, "item_scale": 1.0}
+        common = dict(user_ids=data.original_user_ids(), item_ids=data.original_item_ids(), train=seen_items(data),
+                      model=self.cfg.model, data_fingerprint=data.fingerprint())
+        if codes["bits"] == 32:
+            index = FloatIndex.from_embeddings(codes["item_codes"], user_emb=codes["user_codes"], **common)
+        else:
+            index = QuantizedIndex.from_codes(codes["item_codes"], codes["bits"], user_codes=codes["user_codes"],
+                                              user_scale=codes["user_scale"], item_scale=codes["item_scale"], **common)
+        # the key after building (calibrated scales are rewritten); holding the model, graph and
+        # data keeps their ids from being reused by new objects while the key names them
+        self._index_cache = (self._index_key(), index, (model, adj, data))
+        return index
+
+    def _index_key(self) -> tuple:
+        model, adj = self.trainer.model, self.trainer.adj
+        tensors = model.state_dict(keep_vars=True).values()
+        return id(model), id(adj), id(self.data), tuple((id(t), t._version) for t in tensors)
+
+    def recommend(self, user_ids: Sequence, k: int = 10, exclude_seen: bool = True) -> "TopK":
+        """Top-k original item ids and model scores for each original user id, best first.
+
+        Answered by the artifact engine (:meth:`index`): the same items and scores as
+        ``hqgnn recommend`` / the HTTP server on the run's exported artifact. Seen items
+        (``exclude_seen``) are training + validation interactions
+        (:func:`hqgnn.evaluation.seen_items`). Ties go to the lower item index.
+
+        Returns a :class:`TopK`: it unpacks as ``items, scores``, each of shape
+        ``(len(user_ids), k)``. **Fewer than k:** a user with fewer than ``k`` eligible
+        (unseen) items gets them all, best first, then padding: item id ``-1`` (``""``
+        where item ids are strings) with score ``-inf``. ``result.found[r]`` is how many
+        real items row ``r`` holds and ``result.valid`` is the ``(q, k)`` mask of them.
+        """
         self._need_model()
         n_items = self.data.n_items
-        if not 1 <= k <= n_items:
-            raise DataError(f"k={k} is out of range: expected 1 .. {n_items}")
-        idx = self.user_index(user_ids)
-        rows = torch.from_numpy(idx)
-        # rank as evaluation and the retrieval engine do (integer codes, ties to the lower item index) ...
-        ru, ri, integer = self.trainer.model.ranking_embeddings(self.trainer.adj)
-        ranking = ru[rows] @ ri.t()
-        mask = csr_rows_to_dense_mask(self.data.train, idx, ranking.device) if exclude_seen else None
-        top = rank_top_k(ranking, mask, k, integer)
-        # ... and report the model's (dequantized) scores
-        u, i = self.embeddings()
-        top_scores = torch.gather(u[rows] @ i.t(), 1, top)
-        return self.data.original_item_ids()[top.cpu().numpy()], top_scores.cpu().numpy()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n_items:
+            raise DataError(f"k={k!r} is out of range: expected 1 .. {n_items}")
+        recs = self.index().recommend(np.atleast_1d(np.asarray(user_ids)), k=int(k), exclude_seen=exclude_seen)
+        return TopK(recs.items, recs.values, recs.valid)
 
 
-__all__ = ["Recommender", "prepare_data", "SYNTHETIC", "resolve_device"]
+class TopK(tuple):
+    """What :meth:`Recommender.recommend` returns: the pair ``(items, scores)``, plus counts.
+
+    ``items``: ``(q, k)`` original item ids, best first; ``scores``: ``(q, k)`` float64
+    model scores (dequantized for quantized models). Rows with fewer than ``k`` eligible
+    items end in padding: item ``PAD_ITEM`` (``-1``; ``""`` for string item ids) with
+    score ``-inf``. ``valid``: ``(q, k)`` bool, False on padding; ``found``: ``(q,)``
+    int, the number of real items per row (``k`` unless the user has fewer unseen items).
+    """
+
+    PAD_ITEM = -1
+
+    def __new__(cls, items: np.ndarray, scores: np.ndarray, valid: np.ndarray):
+        obj = super().__new__(cls, (items, scores))
+        obj.items, obj.scores, obj.valid = items, scores, valid
+        obj.found = valid.sum(axis=1).astype(np.int64)
+        return obj
+
+
+__all__ = ["Recommender", "TopK", "prepare_data", "SYNTHETIC", "resolve_device"]

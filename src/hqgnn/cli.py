@@ -31,8 +31,9 @@ def _jsonable(x):
 
 # ---------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    from .api import Recommender
+    from .api import Recommender, prepare_data
     from .config import Config
+    from .runs import clear_run
 
     extra = {"model": args.model, "bits": args.bits, "seed": args.seed, "device": args.device, "from_run": args.from_run,
              "epochs": args.epochs, "data": args.data}
@@ -43,7 +44,10 @@ def cmd_train(args) -> int:
     if out.exists() and (out / "checkpoint.pt").exists() and not args.resume and not args.overwrite:
         raise HQGNNError(f"{out}: holds a checkpoint of an unfinished run (use --resume to continue it or --overwrite)")
     rec = Recommender(config=cfg, model=cfg.model)
-    metrics = rec.fit(cfg.data, out_dir=out, resume=args.resume, progress=not args.quiet)
+    data = prepare_data(cfg)  # bad data or settings fail here, before --overwrite removes anything
+    if args.overwrite and not args.resume:
+        clear_run(out)  # a diverged or interrupted rerun must not leave the old results beside its own
+    metrics = rec.fit(data, out_dir=out, resume=args.resume, progress=not args.quiet)
     print(_json(metrics))
     return 0
 
@@ -61,7 +65,7 @@ def cmd_data_stats(args) -> int:
     from .config import Config
 
     cfg = Config.load(None, args.set, {"data": args.path, "val_fraction": 0.0})
-    print(_json(prepare_data(cfg).stats()))
+    print(_json(prepare_data(cfg, check=False).stats()))
     return 0
 
 
@@ -200,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="an original user id")
     who.add_argument("--users", help="a file with one original user id per line")
     r.add_argument("--k", type=int, default=50)
-    r.add_argument("--include-seen", action="store_true", help="do not exclude the user's training items")
+    r.add_argument("--include-seen", action="store_true", help="do not exclude the user's seen items (training + validation interactions)")
     r.add_argument("--backend", default="exact", help="exact | faiss-flat | faiss-hnsw | faiss-ivf (1 bit)")
     r.set_defaults(func=cmd_recommend)
 

@@ -19,3 +19,15 @@ class ConfigError(HQGNNError):
 
 class CheckpointError(HQGNNError):
     """A checkpoint or exported artifact is missing, corrupt or mismatched."""
+
+
+class TrainingDiverged(HQGNNError):
+    """A non-finite loss, weight, GSTE delta or score stopped training.
+
+    The message is one line: the epoch (and batch), what went non-finite, the settings
+    that usually cause it, and the last finite checkpoint (or that there is none).
+    """
+
+
+class NonFiniteScores(HQGNNError):
+    """A model's ranking scores would be NaN or inf (non-finite weights, or norms that overflow float32)."""

@@ -15,6 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .errors import DataError
+
 METRICS = ("recall", "ndcg", "precision", "hit_rate")
 
 
@@ -36,6 +38,23 @@ def exclusion_mask(exclude: Sequence[sp.csr_matrix], rows: np.ndarray, device) -
         m = csr_rows_to_dense_mask(e, rows, device)
         mask = m if mask is None else mask | m
     return mask
+
+
+def seen_items(data) -> sp.csr_matrix:
+    """The items each user has *seen*: training plus validation interactions, as a 0/1 CSR.
+
+    Every interaction the model was fit on or selected on (early stopping) is seen. This
+    is the one rule of ``exclude_seen`` everywhere: the exported artifact stores this
+    matrix (:func:`hqgnn.export.export_run`), so the artifact engine, the CLI, the HTTP
+    server and :meth:`hqgnn.api.Recommender.recommend` all leave out the same items.
+    Test interactions are never seen (they are what the model is judged on).
+    """
+    seen = data.train.tocsr() if data.valid is None else (data.train + data.valid).tocsr()
+    seen = seen.astype(np.float32)
+    seen.sum_duplicates()
+    seen.data[:] = 1.0
+    seen.sort_indices()
+    return seen
 
 
 def metrics_from_hits(hits: torch.Tensor, n_relevant: torch.Tensor, ks: Sequence[int]) -> dict:
@@ -90,17 +109,22 @@ def evaluate_scores(
     device: torch.device | str = "cpu",
     users: Optional[np.ndarray] = None,
     integer_scores: bool = False,
+    split: str = "target",
 ) -> dict:
     """Average metrics over users with at least one target item.
 
     ``score_fn(user_index_tensor) -> (batch, n_items) scores``. ``exclude``
     holds the interaction matrices whose items are masked (training, and
-    validation when ``target`` is the test split).
+    validation when ``target`` is the test split). Raises :class:`DataError` naming
+    ``split`` when no user has a target item.
     """
     target = target.tocsr()
     exclude = [e.tocsr() for e in exclude]
     if users is None:
         users = np.flatnonzero(np.diff(target.indptr) > 0)
+    if len(users) == 0:
+        # an average over no users is undefined, not 0
+        raise DataError(f"the {split} split has no user with a {split} item: no metric can be averaged")
     ks = sorted(set(int(k) for k in ks))
     max_k = max(ks)
     totals = {f"{m}@{k}": 0.0 for m in METRICS for k in ks}
@@ -132,6 +156,7 @@ def evaluate_embeddings(
     ks: Sequence[int] = (20, 50, 100),
     batch_size: int = 4096,
     integer_scores: bool = False,
+    split: str = "target",
 ) -> dict:
     """Full-ranking metrics when the score is the inner product of user and item embeddings.
 
@@ -146,6 +171,7 @@ def evaluate_embeddings(
         batch_size=batch_size,
         device=user_emb.device,
         integer_scores=integer_scores,
+        split=split,
     )
 
 

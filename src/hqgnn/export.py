@@ -21,20 +21,35 @@ from .errors import HQGNNError
 from .index.engine import _py  # numpy scalar -> Python value, as the engine returns ids
 
 
+def model_codes(model, adj) -> dict:
+    """What the artifact of a model holds: ``{"bits", "user_codes", "item_codes", "user_scale", "item_scale"}``.
+
+    Quantized models: their unsigned b-bit codes and scales, exactly the Q_b of training
+    (``model.export_codes``; a model the integer index cannot serve raises
+    :class:`hqgnn.errors.ConfigError`). Full-precision models: their final float32
+    embeddings (``bits`` 32, scales 1). :func:`export_run` writes these arrays and
+    :meth:`hqgnn.api.Recommender.recommend` builds its in-memory index from them, so both
+    rank with the same numbers.
+    """
+    if getattr(model, "quantized", False):
+        return model.export_codes(adj)
+    u, i = model.eval_embeddings(adj)
+    return {"bits": 32, "user_codes": u.cpu().numpy().astype(np.float32),
+            "item_codes": i.cpu().numpy().astype(np.float32), "user_scale": 1.0, "item_scale": 1.0}
+
+
 def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
-    """Write the artifact of a trained run; returns a summary (sizes, checksum)."""
+    """Write the artifact of a trained run; returns a summary (sizes, checksum).
+
+    The artifact's exclusion matrix is :func:`hqgnn.evaluation.seen_items` (training +
+    validation interactions): what ``exclude_seen`` leaves out at every entry point.
+    """
     from .api import Recommender
+    from .evaluation import seen_items
     from .index.artifact import export_from_arrays
 
     rec = Recommender.load(run_dir, data=data)
-    model = rec.model
-    adj = rec.trainer.adj
-    if getattr(model, "quantized", False):
-        codes = model.export_codes(adj)
-    else:
-        u, i = model.eval_embeddings(adj)
-        codes = {"bits": 32, "user_codes": u.cpu().numpy().astype(np.float32),
-                 "item_codes": i.cpu().numpy().astype(np.float32), "user_scale": 1.0, "item_scale": 1.0}
+    codes = model_codes(rec.model, rec.trainer.adj)
     data_ = rec.data
     return export_from_arrays(
         out_file,
@@ -46,7 +61,7 @@ def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
         item_scale=codes["item_scale"],
         user_ids=data_.original_user_ids(),
         item_ids=data_.original_item_ids(),
-        train_csr=data_.train if data_.valid is None else (data_.train + data_.valid).tocsr(),
+        train_csr=seen_items(data_),
         data_fingerprint=data_.fingerprint(),
         extra_meta={"run_dir": str(Path(run_dir)), "dataset": data_.name, "dim": int(rec.cfg.dim)},
     )
@@ -92,12 +107,18 @@ class ArtifactRecommender:
         return int(k)
 
     def recommend(self, users: Sequence, k: int = 50, exclude_seen: bool = True) -> list[dict]:
-        """Top-k per original user id: ``[{"user", "items", "scores"}, ...]`` (scores: the model's, dequantized)."""
+        """Top-k per original user id: ``[{"user", "items", "scores", "found"}, ...]``.
+
+        ``scores``: the model's (dequantized); ``found``: how many items the answer holds,
+        ``k`` unless the user has fewer than ``k`` eligible items (then all of them: seen
+        items -- training + validation -- are excluded unless ``exclude_seen`` is False).
+        Approximate backends widen their search until the list is full.
+        """
         k = self.check_k(k)
         recs = self.index.recommend(list(users), k=k, exclude_seen=exclude_seen)
         # echo each user in the artifact's own id type ("42" from a command line is 42)
         canonical = self.index.user_map.to_ids(self.index.user_index(list(users)))
-        return [{"user": _py(u), "items": r["items"], "scores": r["values"]}
+        return [{"user": _py(u), "items": r["items"], "scores": r["values"], "found": len(r["items"])}
                 for u, r in zip(canonical, recs.to_records())]
 
     def similar(self, item, k: int = 20) -> dict:
@@ -118,7 +139,7 @@ class ArtifactRecommender:
                     self._popular_order = np.lexsort((np.arange(self.n_items), -counts))
         top = self._popular_order[:k]
         return {"items": [_py(x) for x in self.index.item_map.to_ids(top)],
-                "scores": [float(c) for c in self._popular_counts[top]], "fallback": "popular"}
+                "scores": [float(c) for c in self._popular_counts[top]], "found": len(top), "fallback": "popular"}
 
 
 def _read_users_file(path) -> list:

@@ -13,6 +13,10 @@ every request and response model):
 * ``POST /admin/reload`` (optional body ``{"path": ...}``) -- hot reload; SIGHUP does
   the same for the path being served.
 
+Every recommendation carries ``found``: how many items it holds, ``k`` unless the user
+has fewer eligible items (seen items -- training + validation -- are not eligible while
+``exclude_seen``); approximate backends widen their search rather than answer short.
+
 Ids are the original ids of the data set, in and out. Where the artifact's ids are
 integers, a query id must be an integer (``"42"`` in a query string, ``42`` or
 ``"42"`` in JSON); otherwise ids are strings.
@@ -550,6 +554,8 @@ class Recommendation(BaseModel):
     user: Id = Field(..., description="the original user id")
     items: list[Id] = Field(..., description="original item ids, best first")
     scores: list[float] = Field(..., description="model scores (popularity counts for a fallback)")
+    found: int = Field(..., description="how many items the answer holds: k, or fewer when the user has fewer "
+                                        "than k eligible items (seen items excluded); never silently short")
     fallback: Optional[str] = Field(None, description='"popular" when the user is unknown and the server '
                                                       "answers with the most popular items; absent otherwise")
 
@@ -560,7 +566,7 @@ class RecommendRequest(BaseModel):
 
     users: list[Union[StrictInt, StrictStr]] = Field(..., min_length=1, description="original user ids")
     k: int = Field(50, description="items per user, 1 .. number of items")
-    exclude_seen: bool = Field(True, description="leave out each user's training items")
+    exclude_seen: bool = Field(True, description="leave out each user's seen items (training + validation)")
 
 
 class BatchRecommendations(BaseModel):
@@ -707,7 +713,7 @@ def create_app(artifact=None, *, state: Optional[ServingState] = None, fallback:
     def _popular(m: LoadedModel, k: int, user) -> dict:
         state.metrics.count_fallback()
         p = m.rec.popular(k)
-        return {"user": user, "items": p["items"], "scores": p["scores"], "fallback": "popular"}
+        return {"user": user, "items": p["items"], "scores": p["scores"], "found": p["found"], "fallback": "popular"}
 
     def _unknown_user(user) -> ApiError:
         hint = "" if state.fallback == "popular" else \
@@ -718,7 +724,8 @@ def create_app(artifact=None, *, state: Optional[ServingState] = None, fallback:
              summary="Top-K items for one user")
     async def recommend(user: str = Query(..., description="original user id"),
                         k: int = Query(50, description="number of items, 1 .. number of items"),
-                        exclude_seen: bool = Query(True, description="leave out the user's training items")):
+                        exclude_seen: bool = Query(True, description="leave out the user's seen items "
+                                                                     "(training + validation)")):
         m = state.require()
         uid = m.users.parse(user)
         k = m.check_k(k)
@@ -754,7 +761,8 @@ def create_app(artifact=None, *, state: Optional[ServingState] = None, fallback:
         pop = m.rec.popular(k)
         state.metrics.count_fallback(int((~known).sum()))
         it = iter(results)
-        out = [next(it) if ok else {"user": u, "items": pop["items"], "scores": pop["scores"], "fallback": "popular"}
+        out = [next(it) if ok else {"user": u, "items": pop["items"], "scores": pop["scores"], "found": pop["found"],
+                                    "fallback": "popular"}
                for u, ok in zip(ids, known)]
         return {"k": k, "results": out}
 

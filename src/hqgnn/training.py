@@ -11,6 +11,12 @@ Run folder layout (all written atomically):
 
 Every epoch draws its samples from ``numpy.random.default_rng([seed, epoch])``,
 so a resumed run continues exactly as an uninterrupted one would.
+
+Divergence: a non-finite batch loss, GSTE delta estimate, weight (or Adam state) after an
+epoch, or ranking score stops training with :class:`~hqgnn.errors.TrainingDiverged` (one
+line: the epoch, what went non-finite, the usual causes, the last finite checkpoint). No
+checkpoint, ``model.pt`` or ``metrics.json`` holding non-finite values is ever written, and
+:func:`load_checkpoint` refuses one (:class:`~hqgnn.errors.CheckpointError`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .config import FULL_PRECISION_MODELS, Config
 from .data import InteractionData
-from .errors import CheckpointError
+from .errors import CheckpointError, NonFiniteScores, TrainingDiverged
 from .evaluation import evaluate_embeddings
 from .graph import normalized_adjacency
 from .models import build_model
@@ -39,6 +45,7 @@ from .sampling import TripleSampler
 from .storage import atomic_path, write_json_atomic, write_text_atomic
 
 CHECKPOINT_VERSION = 1
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,10 +95,76 @@ def excluded_for(split: str, data: InteractionData) -> list:
     return [data.train]
 
 
+def named_tensors(obj, prefix: str = ""):
+    """``(dotted name, tensor)`` of every tensor in nested dicts / lists (a state dict, an optimizer state)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for key, value in enumerate(obj):
+            yield from named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def first_nonfinite(tensors) -> Optional[str]:
+    """Describe the first floating tensor of ``(name, tensor)`` pairs that holds NaN or inf
+    (``"NAME holds 3 NaN and 1 inf of its 640 values"``), or None when all are finite.
+
+    One reduction per tensor and one device sync per device when all are finite."""
+    by_device: dict = {}
+    for name, t in tensors:
+        if t.is_floating_point() and t.numel():
+            by_device.setdefault(t.device, []).append((name, t.detach()))
+    for group in by_device.values():
+        ok = torch.stack([torch.isfinite(t).all() for _, t in group])
+        if bool(ok.all()):
+            continue
+        name, t = next(pair for pair, flag in zip(group, ok.tolist()) if not flag)
+        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        counts = " and ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n)
+        return f"{name} holds {counts} of its {t.numel()} values"
+    return None
+
+
+def check_finite_state(state: dict, path) -> None:
+    """Refuse a checkpoint / ``model.pt`` dict whose weights (``model``, ``best_state``) or Adam
+    state (``optimizer``) hold NaN or inf: raises :class:`CheckpointError` naming ``path``, the
+    tensor and how many of its values are non-finite."""
+    parts = [(key, state.get(key)) for key in ("model", "best_state", "optimizer") if state.get(key) is not None]
+    problem = first_nonfinite(named_tensors(dict(parts)))
+    if problem:
+        raise CheckpointError(f"{path}: non-finite weights: {problem} (written by a diverged run; "
+                              f"retrain it with a lower lr)")
+
+
+def ranking_problem(u: torch.Tensor, i: torch.Tensor) -> Optional[str]:
+    """Why the scores ``u @ i.T`` could be NaN or inf, or None: a non-finite entry, or row norms
+    whose product (the Cauchy-Schwarz bound of every score) exceeds the float32 maximum."""
+    problem = first_nonfinite([("user embeddings", u), ("item embeddings", i)])
+    if problem:
+        return problem
+    if not len(u) or not len(i):
+        return None
+    nu = float(torch.linalg.vector_norm(u.detach(), dim=1, dtype=torch.float64).max())
+    ni = float(torch.linalg.vector_norm(i.detach(), dim=1, dtype=torch.float64).max())
+    if nu * ni > FLOAT32_MAX:
+        return (f"the scores can overflow float32 (max user norm {nu:.3g} x max item norm {ni:.3g} "
+                f"> {FLOAT32_MAX:.3g})")
+    return None
+
+
 def evaluate_model(model: ScoringModel, adj, data: InteractionData, split: str, cfg: Config) -> dict:
+    """Full-ranking metrics of ``model`` on ``split``.
+
+    Raises :class:`~hqgnn.errors.NonFiniteScores` when the ranking scores could be NaN or inf
+    (see :func:`ranking_problem`): metrics of such a ranking would be meaningless."""
     u, i, integer = model.ranking_embeddings(adj)
+    problem = ranking_problem(u, i)
+    if problem:
+        raise NonFiniteScores(f"cannot rank the {split} split: {problem}")
     return evaluate_embeddings(u, i, data.split(split), excluded_for(split, data), ks=cfg.ks,
-                               batch_size=cfg.eval_batch_size, integer_scores=integer)
+                               batch_size=cfg.eval_batch_size, integer_scores=integer, split=split)
 
 
 class Trainer:
@@ -125,6 +198,7 @@ class Trainer:
         self.bad_evals = 0
         self.train_seconds = 0.0
         self.stopped_early = False
+        self.checkpoint_epoch: Optional[int] = None  # epoch of the checkpoint this trainer wrote or resumed
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -145,10 +219,17 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` and ``history.jsonl``; raises :class:`TrainingDiverged` (writing
+        nothing) when the weights, the best weights or the Adam state hold NaN or inf."""
         if self.out_dir is None:
             return
+        state = self.state()
+        problem = first_nonfinite(named_tensors({k: state[k] for k in ("model", "best_state", "optimizer")}))
+        if problem:
+            raise self.diverged(self.epoch, None, f"refusing to save a checkpoint: {problem}")
         with atomic_path(self.out_dir / "checkpoint.pt") as tmp:
-            torch.save(self.state(), tmp)
+            torch.save(state, tmp)
+        self.checkpoint_epoch = self.epoch
         write_text_atomic(self.out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
 
     def resume(self) -> None:
@@ -180,6 +261,46 @@ class Trainer:
         self.bad_evals = state["bad_evals"]
         self.train_seconds = state["train_seconds"]
         self.stopped_early = state["stopped_early"]
+        self.checkpoint_epoch = self.epoch
+
+    # ------------------------------------------------------------ divergence
+    def diverged(self, epoch: int, batch: Optional[int], what: str) -> TrainingDiverged:
+        """The one-line error of a diverged run: where, what, the usual causes, the last finite checkpoint."""
+        cfg = self.cfg
+        causes = [f"a learning rate too high (lr={cfg.lr:g})", f"weight_decay={cfg.weight_decay:g}",
+                  f"init_std={cfg.init_std:g}"]
+        if getattr(self.model, "uses_hessian", False):
+            causes.append(f"delta_scale={cfg.delta_scale:g}")
+        if getattr(self.model, "quantized", False) and cfg.scale_mode == "learned":
+            causes.append("scale_mode=learned")
+        if cfg.fp_loss_weight > 0:
+            causes.append(f"fp_loss_weight={cfg.fp_loss_weight:g}")
+        where = f"epoch {epoch}" + (f" (batch {batch})" if batch is not None else "")
+        if self.out_dir is None:
+            kept = "No checkpoint is kept (no run folder)"
+        elif self.checkpoint_epoch is not None:
+            kept = (f"The last finite checkpoint, {self.out_dir / 'checkpoint.pt'} (epoch {self.checkpoint_epoch}), "
+                    f"is kept; --resume requires these same settings, so train afresh (--overwrite) with a lower lr")
+        else:
+            old = "; its checkpoint.pt, from an earlier run, is left as it was"
+            kept = (f"No checkpoint of this run was written to {self.out_dir} (one is written every "
+                    f"{cfg.eval_every} epochs)" + (old if (self.out_dir / "checkpoint.pt").is_file() else ""))
+        return TrainingDiverged(f"{where}: {what}; training diverged. Usual causes: {', '.join(causes)}; "
+                                f"lower lr. {kept}")
+
+    def _check_weights(self, epoch: int, when: str) -> None:
+        """Raise :class:`TrainingDiverged` when a weight, buffer or Adam state tensor holds NaN or inf."""
+        tensors = named_tensors({"model": self.model.state_dict(),
+                                 "optimizer": self.optimizer.state_dict()["state"] if self.optimizer else {}})
+        problem = first_nonfinite(tensors)
+        if problem:
+            raise self.diverged(epoch, None, f"non-finite weights {when}: {problem}")
+
+    def _evaluate_finite(self, split: str, epoch: int) -> dict:
+        try:
+            return self.evaluate(split)
+        except NonFiniteScores as exc:
+            raise self.diverged(epoch, None, str(exc)) from None
 
     # ------------------------------------------------------------ loop
     def _epoch_samples(self, epoch: int):
@@ -231,6 +352,9 @@ class Trainer:
                 torch.manual_seed(cfg.seed * 100003 + epoch)
                 self._set_learning_rate(epoch)
                 hook_log = self.model.on_epoch_start(epoch, ctx)
+                bad = [f"{k}={v}" for k, v in (hook_log or {}).items() if isinstance(v, float) and not math.isfinite(v)]
+                if bad:  # GSTE's Hutchinson estimate on huge (finite) weights: a NaN delta would poison every gradient
+                    raise self.diverged(epoch + 1, None, f"the epoch-start estimate is non-finite ({', '.join(bad)})")
                 if hook_log:
                     self._log({"epoch": epoch, "event": "epoch_start", **hook_log})
                 self.model.train()
@@ -244,18 +368,25 @@ class Trainer:
                     loss, info = self.model.loss(self.adj, bu, bp, bn)
                     reg = self.model.encoder.l2_penalty(*info["triples"])
                     total = loss + cfg.weight_decay * reg
+                    # the one sync per batch the loop always had, now before the step it guards
+                    loss_value, total_value = torch.stack([loss.detach(), total.detach()]).tolist()
+                    if not math.isfinite(total_value):
+                        what = (f"the BPR loss is {loss_value}" if not math.isfinite(loss_value) else
+                                f"the L2 penalty is {total_value - loss_value} (weight_decay={cfg.weight_decay:g})")
+                        raise self.diverged(epoch + 1, n_batches + 1, what)
                     self.optimizer.zero_grad(set_to_none=True)
                     total.backward()
                     self.optimizer.step()
-                    loss_sum += float(loss.detach())
+                    loss_sum += loss_value
                     n_batches += 1
+                self._check_weights(epoch + 1, "after the epoch's updates")  # one reduction per tensor, per epoch
                 self.epoch += 1
                 self.train_seconds += time.perf_counter() - t_epoch
                 bar.update(1)
                 entry = {"epoch": self.epoch, "loss": loss_sum / max(n_batches, 1), "train_seconds": round(self.train_seconds, 3)}
                 if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs or self._should_stop_for_time():
                     t_eval = time.perf_counter()
-                    res = self.evaluate(self.monitor_split)
+                    res = self._evaluate_finite(self.monitor_split, self.epoch)
                     entry.update({"split": self.monitor_split, "eval_seconds": round(time.perf_counter() - t_eval, 3)})
                     entry.update({k: v for k, v in res.items() if k != "users"})
                     value = res[metric]
@@ -277,8 +408,12 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict:
-        """Pick the reported weights, evaluate them on test, write model.pt and metrics.json."""
+        """Pick the reported weights, evaluate them on test, write model.pt and metrics.json.
+
+        Raises :class:`TrainingDiverged` (writing neither) when the weights, the test ranking's
+        scores or a reported number (a quantizer's scale) are not finite."""
         cfg = self.cfg
+        self._check_weights(self.epoch, "at the end of training")
         if self.out_dir is not None:
             # before the best weights replace the last ones: a resume continues the training state
             self.save_checkpoint()
@@ -289,7 +424,7 @@ class Trainer:
         elif self.monitor_split == "test":
             selected_by = "last epoch (no validation split; test was only monitored)"
         t_eval = time.perf_counter()
-        test = self.evaluate("test")
+        test = self._evaluate_finite("test", self.epoch)
         eval_seconds = time.perf_counter() - t_eval
         metrics = {k: v for k, v in test.items() if k != "users"}
         metrics.update(
@@ -308,6 +443,9 @@ class Trainer:
                 **self.model.describe(),
             }
         )
+        bad = [f"{k}={v}" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise self.diverged(self.epoch, None, f"non-finite results ({', '.join(bad)})")
         if self.out_dir is not None:
             with atomic_path(self.out_dir / "model.pt") as tmp:
                 torch.save(
@@ -347,6 +485,8 @@ def data_summary(data: InteractionData) -> dict:
         "valid": int(data.valid.nnz) if data.valid is not None else 0,
         "test": int(data.test.nnz),
         "notes": data.notes,
+        "split_method": data.split_method,
+        "preprocessing": data.preprocessing,
     }
     if data.user_ids is not None:
         out["user_ids"] = data.user_ids.tolist()
@@ -384,6 +524,8 @@ def load_full_precision_run(run_dir, encoder: LightGCN, data, model: str, device
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Read a ``checkpoint.pt`` / ``model.pt``. Raises :class:`CheckpointError` (naming ``path``) when it
+    is missing, corrupt, foreign, newer, or holds non-finite weights (:func:`check_finite_state`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -395,4 +537,5 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path}: not an hqgnn checkpoint")
     if state["version"] > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state['version']} is newer than this hqgnn ({CHECKPOINT_VERSION})")
+    check_finite_state(state, path)
     return state

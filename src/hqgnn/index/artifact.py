@@ -27,12 +27,19 @@ The checksum covers the header and the payload, so any flipped byte is detected;
 arrays (``mmap=True``) so the codes of a large catalogue are paged in on demand.
 Every problem raises :class:`hqgnn.errors.CheckpointError` with a one-line message
 that names the file.
+
+Scores must be finite: writing (:func:`write_artifact`, so :func:`export_from_arrays` and
+every export) and reading refuse NaN / inf float32 embeddings, scales that are not finite
+and > 0, and values whose scores could overflow float32 -- for float embeddings the
+Cauchy-Schwarz bound (max user row norm x max item row norm, and max item norm squared for
+item-to-item), for b-bit codes ``s_u s_i / 4 * dim * (2^b - 1)^2`` (and ``s_i^2 / 4 ...``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +56,9 @@ FORMAT_VERSION = 1
 PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, sha256
 ALIGN = 64
 FLOAT_BITS = 32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _HASH_CHUNK = 1 << 22
+_CHECK_ELEMENTS = 1 << 21  # values per block when scanning float embeddings (16 MiB as float64)
 
 
 def _align(n: int) -> int:
@@ -148,6 +157,67 @@ class Artifact:
         return self.path.stat().st_size
 
 
+# ---------------------------------------------------------------- finite scores
+def _float_stats(arr: np.ndarray) -> tuple[int, int, float]:
+    """``(NaN count, inf count, max row norm)`` of ``(n, d)`` embeddings, in float64, block by block
+    (a memory-mapped table is paged through once, never copied whole)."""
+    n = len(arr)
+    rows = max(1, _CHECK_ELEMENTS // max(1, arr.shape[1] if arr.ndim == 2 else 1))
+    nan = inf = 0
+    top = 0.0
+    for start in range(0, n, rows):
+        block = np.asarray(arr[start:start + rows], dtype=np.float64)
+        if not np.isfinite(block).all():
+            nan += int(np.isnan(block).sum())
+            inf += int(np.isinf(block).sum())
+        elif not nan and not inf and block.size:
+            top = max(top, float(np.sqrt(np.einsum("ij,ij->i", block, block).max())))
+    return nan, inf, top
+
+
+def check_finite_scores(where: str, *, bits: int, dim: int, user_codes: Optional[np.ndarray],
+                        item_codes: np.ndarray, user_scale: float, item_scale: float) -> None:
+    """Refuse what would give NaN / inf scores: raises :class:`CheckpointError` ``"{where}: FIELD ..."``.
+
+    Checks that both scales are finite and > 0; float32 embeddings (``bits == 32``) hold no
+    NaN / inf and their row norms cannot overflow a float32 score (Cauchy-Schwarz: max user
+    norm x max item norm, and max item norm squared for item-to-item); for b-bit codes, that
+    ``scale_u scale_i / 4 * dim * (2^b - 1)^2`` (and with ``scale_i^2``) stays below float32's max.
+    """
+    for name, scale in (("user_scale", user_scale), ("item_scale", item_scale)):
+        try:
+            ok = math.isfinite(float(scale)) and float(scale) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{where}: {name} is {scale!r}; a scale must be a finite number > 0")
+    if bits == FLOAT_BITS:
+        norms = {}
+        for name, arr in (("user_codes", user_codes), ("item_codes", item_codes)):
+            if arr is None:
+                continue
+            nan, inf, norms[name] = _float_stats(arr)
+            if nan or inf:
+                counts = " and ".join(f"{c} {what}" for c, what in ((nan, "NaN"), (inf, "inf")) if c)
+                raise CheckpointError(f"{where}: {name} (float32 embeddings) holds {counts} of its "
+                                      f"{int(np.prod(arr.shape))} values")
+        ni = norms["item_codes"]
+        pairs = [("item_codes item-to-item", "max item norm", ni)]
+        if "user_codes" in norms:
+            pairs.insert(0, ("user_codes / item_codes", "max user norm", norms["user_codes"]))
+        for fields, what, x in pairs:
+            if x * ni > FLOAT32_MAX:
+                raise CheckpointError(f"{where}: {fields} scores can overflow float32 "
+                                      f"({what} {x:.3g} x max item norm {ni:.3g} > {FLOAT32_MAX:.3g})")
+        return
+    top = dim * float(2**bits - 1) ** 2 / 4.0
+    su, si = float(user_scale), float(item_scale)
+    worst = top * max(si * si, su * si if user_codes is not None else 0.0)
+    if worst > FLOAT32_MAX:
+        raise CheckpointError(f"{where}: user_scale / item_scale scores can overflow float32 (scales {su:.3g}, "
+                              f"{si:.3g}: up to {worst:.3g} over dim={dim} at {bits} bits > {FLOAT32_MAX:.3g})")
+
+
 # ---------------------------------------------------------------- writing
 def write_artifact(path, *, model: str, bits: int, dim: int, user_codes: Optional[np.ndarray],
                    item_codes: np.ndarray, user_scale: float, item_scale: float,
@@ -159,6 +229,10 @@ def write_artifact(path, *, model: str, bits: int, dim: int, user_codes: Optiona
     ``user_codes`` / ``item_codes`` are ``(bits, n, words)`` uint64 bit planes, or
     ``(n, dim)`` float32 embeddings for ``bits == 32``; ``user_codes`` may be ``None``
     (an item-only index). Returns the path. Nothing is left at ``path`` on failure.
+
+    Raises ``ValueError`` for inconsistent arguments (shapes, bits, CSR) and
+    :class:`CheckpointError` for values whose scores would not be finite
+    (:func:`check_finite_scores`); nothing is written then.
     """
     path = Path(path)
     is_float = bits == FLOAT_BITS
@@ -190,6 +264,9 @@ def write_artifact(path, *, model: str, bits: int, dim: int, user_codes: Optiona
             raise ValueError(f"{name}: object arrays cannot be stored")
         if arr.dtype.byteorder == ">":
             arrays[name] = arr.astype(arr.dtype.newbyteorder("<"))
+    check_finite_scores(f"{path}: refusing to write the artifact", bits=bits, dim=dim,
+                        user_codes=arrays.get("user_codes"), item_codes=arrays["item_codes"],
+                        user_scale=user_scale, item_scale=item_scale)
 
     table, offset = {}, 0
     for name, arr in arrays.items():
@@ -250,12 +327,17 @@ def export_from_arrays(path, *, model: str, bits: int, user_codes: Optional[np.n
     ``bits == 32`` (scales are then 1.0). ``user_ids`` / ``item_ids``: original ids
     (default ``0..n-1``). ``train_csr``: the training interactions (``scipy.sparse``
     matrix, or an ``(indptr, indices)`` pair), or ``None`` for no seen items.
+
+    Raises ``ValueError`` for inconsistent arguments, and :class:`CheckpointError` (nothing
+    written) for NaN / inf embeddings, scales that are not finite and > 0, or values whose
+    scores could overflow float32 (:func:`check_finite_scores`).
     """
     item_codes = np.asarray(item_codes)
     n_items, dim = item_codes.shape
     if bits == FLOAT_BITS:
-        packed_items = item_codes.astype(np.float32)
-        packed_users = None if user_codes is None else np.asarray(user_codes, dtype=np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf: refused below, by name
+            packed_items = item_codes.astype(np.float32)
+            packed_users = None if user_codes is None else np.asarray(user_codes, dtype=np.float32)
         user_scale = item_scale = 1.0
     else:
         packed_items = pack_codes(item_codes, bits)
@@ -350,7 +432,8 @@ def read_artifact(path, mmap: bool = True, bits: Optional[int] = None, verify: b
     """Read and validate an artifact; arrays are memory-mapped read-only when ``mmap``.
 
     Checks, in order: the file exists, magic, format version (newer raises), sizes
-    (truncation), the sha256 checksum (``verify``; corruption), the header fields, and
+    (truncation), the sha256 checksum (``verify``; corruption), the header fields, finite
+    scores (:func:`check_finite_scores`: NaN / inf embeddings, bad scales, overflow), and
     ``bits`` when given (a model exported at another bit width raises). Raises
     :class:`~hqgnn.errors.CheckpointError` naming the file and the problem.
     """
@@ -387,6 +470,8 @@ def read_artifact(path, mmap: bool = True, bits: Optional[int] = None, verify: b
     except (KeyError, ValueError, TypeError):
         raise CheckpointError(f"{path}: corrupt artifact (inconsistent header)") from None
     _check_consistent(art)
+    check_finite_scores(f"{path}: unusable artifact", bits=art.bits, dim=art.dim, user_codes=art.user_codes,
+                        item_codes=art.item_codes, user_scale=art.user_scale, item_scale=art.item_scale)
     if bits is not None and int(bits) != stored_bits:
         what = "float32 embeddings" if stored_bits == FLOAT_BITS else f"{stored_bits}-bit codes"
         raise CheckpointError(f"{path}: artifact holds {what}, but bits={bits} was requested")

@@ -13,7 +13,9 @@ Both share one interface: ``search`` (users or query vectors -> top-k items),
 in, :class:`Recommendations` out), ``save`` / ``load`` (the artifact of
 :mod:`hqgnn.index.artifact`). Every result is exact for ``"exact"`` and ``"faiss-flat"``:
 best first, ties broken by the lower item index, excluded items never returned, rows
-with fewer than ``k`` eligible items padded with item ``-1``.
+with fewer than ``k`` eligible items padded with item ``-1``. The approximate backends
+return rows of the same form, filled to ``min(k, eligible items)`` by widening their
+search (:mod:`hqgnn.index.faiss_backend`); ``Recommendations.found`` counts real items.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class Recommendations:
     ``queries``: the original user (or item) ids asked for; ``items``: ``(q, k)`` original
     item ids; ``scores``: ``(q, k)`` raw index scores (int32 ``<k_u, k_i>`` for codes,
     float32 for embeddings); ``values``: the model's scores (dequantized, float64);
-    ``valid``: ``(q, k)`` bool, False on padding (fewer than ``k`` eligible items).
+    ``valid``: ``(q, k)`` bool, False on padding (fewer than ``k`` eligible items);
+    ``found``: ``(q,)`` the number of real items per query (``k`` unless fewer are eligible).
     """
 
     queries: np.ndarray
@@ -73,6 +76,10 @@ class Recommendations:
 
     def __len__(self) -> int:
         return len(self.queries)
+
+    @property
+    def found(self) -> np.ndarray:
+        return self.valid.sum(axis=1)
 
     def to_records(self) -> list[dict]:
         """One JSON-ready dict per query: ``{kind: id, "items": [...], "scores": [...], "values": [...]}``."""
@@ -317,51 +324,11 @@ class _Index:
         return self._faiss_search(q, k, excl, threads)
 
     def _faiss_search(self, q, k, excl, threads):
-        """faiss knows no exclusion: over-fetch ``k + (excluded count)``, drop excluded items, re-rank.
+        """The faiss backends (:mod:`hqgnn.index.faiss_backend`): exclusion by over-fetching, exact tie
+        order, and rows filled to ``min(k, eligible items)`` by widening the approximate search."""
+        from . import faiss_backend
 
-        Queries are batched in order of their excluded count, so each batch over-fetches
-        about what its own queries need; results are re-sorted by (score, item index) so
-        the tie order matches the exact backend.
-        """
-        import faiss
-
-        index = self._faiss_index()
-        if threads:
-            faiss.omp_set_num_threads(int(threads))
-        xq = self._faiss_queries(q)
-        nq = len(xq)
-        if excl is not None:
-            deg = np.diff(np.asarray(excl[0], dtype=np.int64))
-            order = np.argsort(deg, kind="stable")
-        else:
-            deg, order = np.zeros(nq, np.int64), np.arange(nq)
-        out_items = np.full((nq, k), -1, np.int64)
-        out_scores = np.full((nq, k), self._pad_score(None))
-        batch = 1024
-        for lo in range(0, nq, batch):  # loop over query batches
-            rows = order[lo:lo + batch]
-            kk = int(min(self.n_items, k + deg[rows].max()))
-            self._faiss_prepare_search(index, kk)
-            dist, ids = index.search(np.ascontiguousarray(xq[rows]), kk)
-            ids = ids.astype(np.int64)
-            raw = self._faiss_scores(dist)
-            drop = ids < 0
-            if excl is not None:
-                sub_ptr, sub_ind = csr_rows(excl[0], excl[1], rows)
-                seen_key = np.repeat(np.arange(len(rows)), np.diff(sub_ptr)) * self.n_items + sub_ind
-                drop |= np.isin(np.arange(len(rows))[:, None] * self.n_items + ids, seen_key)
-            rank = np.lexsort((np.where(drop, self.n_items, ids), -raw.astype(np.float64), drop), axis=1)[:, :k]
-            ids, raw, drop = (np.take_along_axis(a, rank, 1) for a in (ids, raw, drop))
-            out_items[rows, : ids.shape[1]] = np.where(drop, -1, ids)
-            out_scores[rows, : ids.shape[1]] = np.where(drop, self._pad_score(None), raw)
-        return out_items, out_scores
-
-    def _faiss_prepare_search(self, index, kk: int) -> None:
-        params = self.backend_params
-        if hasattr(index, "hnsw"):
-            index.hnsw.efSearch = max(int(params.get("efSearch", 128)), kk)
-        if hasattr(index, "nprobe"):
-            index.nprobe = int(params.get("nprobe", 16))
+        return faiss_backend.search(self, q, k, excl, threads)
 
     # ----- persistence
     def save(self, path) -> dict:
