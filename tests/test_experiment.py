@@ -275,3 +275,23 @@ def test_a_failing_worker_is_named_with_its_log(tmp_path, capsys):
     with pytest.raises(ConfigError, match="--jobs 2: must be >= 1, and alone"):
         from hqgnn.experiment import run_experiment
         run_experiment(path, shard="1/2", jobs=2)
+
+
+def test_the_experiment_package_imports_one_way():
+    """spec, stats <- plots <- report <- runner: no module imports one later in this order
+    (so no cycles), and none grows past ~600 lines."""
+    import ast
+    from pathlib import Path
+
+    import hqgnn.experiment as package
+
+    order = ["spec", "stats", "plots", "report", "runner"]
+    root = Path(package.__file__).parent
+    assert sorted(p.stem for p in root.glob("*.py")) == sorted(order + ["__init__"])
+    for name in order:
+        source = (root / f"{name}.py").read_text()
+        assert source.count("\n") <= 600, f"{name}.py has {source.count(chr(10))} lines"
+        siblings = {node.module for node in ast.walk(ast.parse(source))
+                    if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        later = siblings - set(order[:order.index(name)])
+        assert not later, f"experiment/{name}.py imports {sorted(later)}, which come after it"
