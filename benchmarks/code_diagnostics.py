@@ -84,7 +84,7 @@ def diagnose(run: Path, data_cache: dict, popular: float, k: int) -> dict:
         data_cache[key] = prepare_data(cfg)
     data = data_cache[key]
     rec = Recommender.load(run, data=data)
-    u, i, integer = rec.model.ranking_embeddings(rec.trainer.adj)
+    u, i, integer = rec.model.ranking_embeddings(rec.adj)
     counts = popularity_scores(data.train)
     n_pop = max(1, int(round(popular * data.n_items)))
     is_pop = np.zeros(data.n_items, dtype=bool)

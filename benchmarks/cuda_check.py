@@ -60,7 +60,7 @@ def main() -> int:
                 failures.append(f"{name}: embedding not on cuda")
             # integer ranking == dequantized ranking (quantized models), on the GPU
             if model != "lightgcn":
-                ru, ri, integer = rec.model.ranking_embeddings(rec.trainer.adj)
+                ru, ri, integer = rec.model.ranking_embeddings(rec.adj)
                 u, i = rec.embeddings()
                 users = torch.arange(min(200, u.shape[0]), device=u.device)
                 int_scores = ru[users] @ ri.t()

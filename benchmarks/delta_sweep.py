@@ -1,4 +1,4 @@
-"""Accuracy against the size of the GSTE's correction: delta = K times METHOD.md's estimate.
+"""Accuracy against the size of the GSTE's correction: delta = K times the estimate of docs/method.md ('GSTE').
 
     hqgnn experiment experiments/ml-1m-delta.yaml
     python benchmarks/delta_sweep.py experiments/ml-1m-delta.yaml
@@ -70,7 +70,7 @@ def main() -> None:
     out = Path(args.out) if args.out else report
     out.mkdir(parents=True, exist_ok=True)
     (out / "delta-sweep.md").write_text(f"# {spec['name']}: accuracy against K (delta = K x estimate)\n\n"
-                                        "K = 0 is the STE, K = 1 METHOD.md's delta, K < 0 reverses the correction.\n\n"
+                                        "K = 0 is the STE, K = 1 the delta of docs/method.md ('GSTE'), K < 0 reverses the correction.\n\n"
                                         + table + "\n")
 
     import matplotlib

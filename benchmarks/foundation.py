@@ -34,6 +34,7 @@ import torch
 from hqgnn.config import Config
 from hqgnn.data import load_dataset
 from hqgnn.graph import normalized_adjacency, propagate
+from hqgnn.models import initial_model
 from hqgnn.training import Trainer, peak_rss_mb
 
 
@@ -105,7 +106,7 @@ def main() -> None:
     rows.append(("propagation fwd+bwd, torch generic sparse backward (s)", f"{t_gen_p:.3f}"))
 
     cfg = Config.load(cfg_path, [f"epochs={args.epochs}", f"eval_every={args.epochs}", "max_train_seconds=null"])
-    trainer = Trainer(cfg, data, None, progress=False)
+    trainer = Trainer(cfg, initial_model(cfg, data), data, None, progress=False)
     trainer.fit()
     per_epoch = trainer.train_seconds / max(trainer.epoch, 1)
     rows.append((f"seconds per epoch (batch {cfg.batch_size}, {cfg.epochs} epochs)", f"{per_epoch:.2f}"))

@@ -26,7 +26,8 @@ import torch
 
 from hqgnn.config import Config
 from hqgnn.data import InteractionData, interactions_to_csr, load_dataset
-from hqgnn.training import TrainContext, Trainer, resolve_device
+from hqgnn.models import initial_model, resolve_device
+from hqgnn.training import TrainContext, Trainer
 
 
 def hardware(device_name: str) -> str:
@@ -55,7 +56,7 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(data: InteractionData, cfg: Config, steps: int) -> dict:
-    trainer = Trainer(cfg, data, None, progress=False)
+    trainer = Trainer(cfg, initial_model(cfg, data), data, None, progress=False)
     model, adj, device = trainer.model, trainer.adj, trainer.device
     rng = np.random.default_rng(0)
     u, p, n = trainer.sampler.epoch(rng)
@@ -75,7 +76,7 @@ def measure(data: InteractionData, cfg: Config, steps: int) -> dict:
             times.append(time.perf_counter() - t)
     step = float(np.median(times))
     steps_per_epoch = math.ceil(data.train.nnz / bs)
-    ctx = TrainContext(cfg, adj, trainer.sampler, trainer.device, np.random.default_rng(1))
+    ctx = TrainContext(adj, trainer.sampler, trainer.device, np.random.default_rng(1), cfg.batch_size)
     _sync(device)
     t = time.perf_counter()
     log = model.update_deltas(ctx)

@@ -1,5 +1,6 @@
 """The command line end to end on small synthetic data, and its one-line errors."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +10,10 @@ import pytest
 
 from hqgnn.api import Recommender
 from hqgnn.cli import main
+
+#: faiss-cpu is an optional extra (``pip install 'hqgnn[faiss]'``; ``.[test]`` includes it)
+needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
+                                 reason="faiss-cpu not installed (pip install 'hqgnn[faiss]')")
 
 SMALL = ["synthetic_users=150", "synthetic_items=100", "dim=16", "layers=2", "batch_size=512", "lr=0.02",
          "eval_every=2", "threads=1", "patience=0"]
@@ -138,7 +143,8 @@ def _short_list_artifact(path, n_items=2000, dim=64, seed=3):
     return train.toarray() > 0
 
 
-@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw", "exact"])
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs_faiss) for b in ("faiss-ivf", "faiss-hnsw")]
+                         + ["exact"])
 def test_recommend_fills_k_and_says_how_many(tmp_path, capsys, backend):
     """hqgnn recommend --k 1500 on a 2,000-item 1-bit artifact: 1,500 items, or all the user may get."""
     path = tmp_path / "short.hqgnn"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from hqgnn.config import Config, parse_overrides, read_yaml
 from hqgnn.errors import ConfigError
@@ -195,3 +198,81 @@ def test_config_base_errors_name_the_file(tmp_path):
     bad = write(tmp_path, "base: 3\n", name="d.yaml")
     with pytest.raises(ConfigError, match=r"d\.yaml: setting 'base' must be the path"):
         Config.load(bad)
+
+
+# ---------------------------------------------------------------- one spelling each
+def test_mf_is_lightgcn_with_zero_layers():
+    """``model: mf`` (old configs, experiment cells, version-1 run folders) reads as lightgcn with 0
+    layers; its layers / layer_weights were always ignored, and still are."""
+    mf = Config.load(overrides=["model=mf", "layers=3", "layer_weights=[0.4,0.2,0.2,0.2]"])
+    assert (mf.model, mf.layers, mf.layer_weights) == ("lightgcn", 0, None)
+    assert mf == Config.load(overrides=["layers=0"])
+
+
+def test_mf_config_is_saved_in_the_one_spelling(tmp_path):
+    path = write(tmp_path, "model: mf\nlayers: 3\ndim: 8\n")
+    cfg = Config.load(path)
+    cfg.save(tmp_path / "saved.yaml")
+    saved = read_yaml(tmp_path / "saved.yaml")
+    assert (saved["model"], saved["layers"]) == ("lightgcn", 0) and "estimator" not in saved
+
+
+def test_the_ste_has_one_spelling(tmp_path):
+    assert Config.load(overrides=["model=ste"]).model == "ste"
+    # estimator: ste, the old spelling, reads as model: ste ... even when the model comes later
+    assert Config.load(overrides=["model=hqgnn", "estimator=ste"]).model == "ste"
+    assert Config.load(write(tmp_path, "estimator: ste\n"), extra={"model": "hqgnn"}).model == "ste"
+    # estimator: gste (the old default, in every old config.yaml) reads as nothing
+    cfg = Config.load(overrides=["model=hqgnn", "estimator=gste"])
+    assert cfg.model == "hqgnn" and cfg == Config.load(overrides=["model=hqgnn"])
+    assert "estimator" not in cfg.to_dict()
+    with pytest.raises(ConfigError) as err:
+        Config.load(overrides=["estimator=exact"])
+    msg = str(err.value)
+    assert "estimator='exact'" in msg and "write model: ste" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match=r"model='foo' is out of range: expected lightgcn \| hqgnn"):
+        Config.load(overrides=["model=foo"])
+
+
+def test_delta_scale_zero_trains_exactly_as_ste(tiny_data):
+    """``delta_scale: 0`` stays an ablation knob of hqgnn; its 0 trains the same weights as ``ste``."""
+    from hqgnn.models import initial_model
+    from hqgnn.training import Trainer
+
+    common = ["dim=8", "layers=2", "bits=1", "epochs=3", "batch_size=128", "lr=0.02", "eval_every=3", "patience=0",
+              "val_fraction=0", "eval_split=test", "threads=1", "delta_every=1", "ks=[5,20]"]
+    runs = {}
+    for name, extra in (("ste", ["model=ste"]), ("hqgnn0", ["model=hqgnn", "delta_scale=0"])):
+        cfg = Config.load(overrides=common + extra)
+        trainer = Trainer(cfg, initial_model(cfg, tiny_data), tiny_data, None, progress=False)
+        runs[name] = (trainer, trainer.fit())
+    (ste, m_ste), (hq, m_hq) = runs["ste"], runs["hqgnn0"]
+    assert [h["event"] for h in hq.history if "event" in h] == ["epoch_start"] * 3  # it still estimates
+    assert all(h["delta_user"] == 0.0 and h["delta_formula_user"] > 0 for h in hq.history if "event" in h)
+    a, b = ste.model.state_dict(), hq.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    skip = {"model", "train_seconds", "adjacency_seconds", "test_eval_seconds", "peak_rss_mb"}
+    assert {k: v for k, v in m_ste.items() if k not in skip} == {k: v for k, v in m_hq.items() if k not in skip}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_config_loads(path):
+    from hqgnn.config import MODELS
+
+    assert Config.load(path).model in MODELS
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_experiment_expands_to_valid_configs(path, tmp_path):
+    from hqgnn.experiment import cell_config, expand_cells, full_precision_model, load_experiment
+
+    cells = expand_cells(load_experiment(path))
+    assert cells
+    for cell in cells:
+        cfg = cell_config(cell, tmp_path, full_precision_model(cells, cell.dataset))
+        assert cfg.model == ("lightgcn" if cell.model == "mf" else cell.model)
+        if cell.model == "mf":
+            assert cfg.layers == 0

@@ -24,8 +24,7 @@ from hqgnn.data import (
     with_validation,
 )
 from hqgnn.errors import DataError
-from hqgnn.evaluation import evaluate_popularity
-from hqgnn.training import Trainer, excluded_for
+from hqgnn.evaluation import evaluate_popularity, excluded_for
 
 
 def write_folder(folder: Path, train: str, test: str, **extra: str) -> Path:
@@ -335,7 +334,10 @@ def test_learned_model_beats_popularity():
             "ks=[20]",
         ]
     )
-    metrics = Trainer(cfg, data, out_dir=None, progress=False).fit()
+    from hqgnn.models import initial_model
+    from hqgnn.training import Trainer
+
+    metrics = Trainer(cfg, initial_model(cfg, data), data, None, progress=False).fit()
     pop = evaluate_popularity(data.train, data.test, excluded_for("test", data), ks=[20])
     assert metrics["test_users"] == pop["users"] == 600
     assert metrics["recall@20"] >= 1.5 * pop["recall@20"], (metrics["recall@20"], pop["recall@20"])

@@ -27,8 +27,7 @@ from hqgnn.data import (
     with_validation,
 )
 from hqgnn.errors import ConfigError, DataError
-from hqgnn.evaluation import evaluate_popularity, evaluate_scores
-from hqgnn.training import excluded_for
+from hqgnn.evaluation import evaluate_popularity, evaluate_scores, excluded_for
 
 
 def folder(tmp_path: Path, train: str, test: str) -> Path:

@@ -15,10 +15,10 @@ from hqgnn.evaluation import (
     evaluate_embeddings,
     evaluate_popularity,
     evaluate_scores,
+    excluded_for,
     popularity_scores,
     rank_top_k,
 )
-from hqgnn.training import excluded_for
 
 
 def csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -245,3 +245,13 @@ def test_popularity_equals_embedding_reference():
     assert got["users"] == expected["users"]
     for key in expected:
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_the_monitored_split_is_validation_when_there_is_one(tiny_data):
+    from hqgnn.data import with_validation
+    from hqgnn.evaluation import monitor_split
+
+    with_valid = with_validation(tiny_data, 0.2, seed=1)
+    assert monitor_split("valid", with_valid) == "valid"
+    assert monitor_split("test", with_valid) == "test"
+    assert monitor_split("valid", tiny_data) == "test"  # no validation split: test is only monitored

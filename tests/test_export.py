@@ -50,7 +50,7 @@ def test_engine_metrics_equal_evaluator_metrics(trained):
 
 def test_artifact_recommendations_match_the_python_api(trained):
     rec, _, path = trained
-    served = ArtifactRecommender(path).recommend([0, 7], k=10)
+    served = ArtifactRecommender(path).recommend([0, 7], k=10).to_records()
     items, scores = rec.recommend([0, 7], k=10)
     assert [r["user"] for r in served] == [0, 7]
     # one implementation: the API answers with the artifact's items and scores
@@ -87,7 +87,7 @@ def test_cli_export_recommend_similar(trained, tmp_path, capsys):
 # ---------------------------------------------------------------- one answer at every entry point
 def _brute_force_top(rec, row, seen_row, k):
     """Reference top-k of one user: the model's ranking scores, seen items masked, ties to the lower index."""
-    u, i, _ = rec.model.ranking_embeddings(rec.trainer.adj)
+    u, i, _ = rec.model.ranking_embeddings(rec.adj)
     s = (u[row] @ i.t()).double().numpy()
     order = np.lexsort((np.arange(len(s)), -s))
     return [int(x) for x in order if x not in set(seen_row)][:k]
@@ -130,7 +130,7 @@ def test_api_pads_rows_with_fewer_than_k_eligible_items(model, bits, tmp_path):
     # identical to the exported artifact's answer, and to the CLI's
     path = tmp_path / "seven.hqgnn"
     export_run(tmp_path / "run", path, data=data)
-    served = ArtifactRecommender(path).recommend([0], k=7)[0]
+    served = ArtifactRecommender(path).recommend([0], k=7).to_records()[0]
     assert served["items"] == want and served["found"] == 4
     assert served["scores"] == scores[0, :4].tolist()
     # without exclusion every item comes back
@@ -159,7 +159,7 @@ def test_api_and_artifact_answer_alike_for_every_user_with_validation(tmp_path, 
     users = data.original_user_ids().tolist()
     k = 20
     result = Recommender.load(tmp_path / "run").recommend(users, k=k)
-    served = ArtifactRecommender(path).recommend(users, k=k)
+    served = ArtifactRecommender(path).recommend(users, k=k).to_records()
     seen = (data.train + data.valid).tocsr()
     assert (seen_items(data) != (seen > 0)).nnz == 0 and set(seen_items(data).data) == {1.0}
     for row, r in enumerate(served):

@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,13 +50,16 @@ def test_round_trip_every_field(tmp_path, bits):
         else:
             assert (art.user_scale, art.item_scale) == (0.25, 0.5)
             assert art.words == 2 and art.pad_bits == 128 - DIM and art.meta["pad_bits"] == 128 - DIM
-            assert art.item_codes.shape == (bits, N_ITEMS, 2) and art.item_codes.dtype == np.uint64
-        assert np.array_equal(art.unpacked_user_codes(), users)
-        assert np.array_equal(art.unpacked_item_codes(), items)
+            assert art.item_planes.shape == (bits, N_ITEMS, 2) and art.item_planes.dtype == np.uint64
+        # planes are packed, codes unpacked; a float artifact holds embeddings instead
+        got_users = art.user_embeddings if bits == 32 else art.user_codes()
+        got_items = art.item_embeddings if bits == 32 else art.item_codes()
+        assert np.array_equal(got_users, users)
+        assert np.array_equal(got_items, items)
         assert list(art.user_ids) == list(kw["user_ids"]) and list(art.item_ids) == list(kw["item_ids"])
         assert np.array_equal(art.train_indptr, train.indptr) and np.array_equal(art.train_indices, train.indices)
         assert (art.train_csr() != (train > 0).astype(np.float32)).nnz == 0
-        assert isinstance(art.item_codes, np.memmap) == mmap
+        assert isinstance(art.stored("item"), np.memmap) == mmap
 
 
 def test_index_save_load_search_identical(tmp_path):
@@ -225,3 +229,37 @@ def test_read_refuses_a_sealed_artifact_with_nan_or_bad_scales(tmp_path, monkeyp
         with pytest.raises(CheckpointError) as err:
             QuantizedIndex.from_artifact(path)
         assert str(err.value) == f"{path}: unusable artifact: item_scale is {shown}; a scale must be a finite number > 0"
+
+
+def test_planes_codes_and_embeddings_are_named_apart(tmp_path):
+    q_path, f_path = tmp_path / "q.hqi", tmp_path / "f.hqi"
+    export(q_path, 2)
+    export(f_path, 32)
+    q, f = read_artifact(q_path), read_artifact(f_path)
+    assert q.item_embeddings is None and q.user_embeddings is None and q.stored("user") is q.user_planes
+    assert f.item_planes is None and f.user_planes is None and f.stored("item") is f.item_embeddings
+    assert q.item_codes().shape == (N_ITEMS, DIM) and q.item_codes().dtype == np.uint8
+    with pytest.raises(ValueError, match="embeddings, not codes"):
+        f.item_codes()
+    with pytest.raises(ValueError, match="give planes"):
+        A.write_artifact(tmp_path / "x.hqi", model="m", bits=2, dim=DIM, user_scale=1.0, item_scale=1.0,
+                         user_ids=np.arange(0), item_ids=np.arange(N_ITEMS), train_indptr=np.zeros(1, np.int64),
+                         train_indices=np.zeros(0, np.int64), item_planes=q.item_planes,
+                         item_embeddings=f.item_embeddings)
+
+
+# Written by the code of commit f81157f (format version 1): 5 users x 12 items, dim 70, string
+# user ids, integer item ids. Files of the current format stay readable, with the same answers.
+V1_FILES = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name, bits", [("v1-3bit.hqgnn", 3), ("v1-float.hqgnn", 32)])
+def test_version_1_artifacts_written_before_still_load_and_answer_alike(name, bits):
+    expected = json.loads((V1_FILES / "v1-expected.json").read_text())[name]
+    art = read_artifact(V1_FILES / name)
+    assert (art.format_version, art.bits, art.dim, art.n_users, art.n_items) == (1, bits, 70, 5, 12)
+    index = open_index(V1_FILES / name)
+    items, raw = index.search(k=6, exclude="train")
+    assert items.tolist() == expected["items"] and np.asarray(raw).tolist() == expected["raw"]
+    rec = index.recommend(["u0", "u4"], k=4)
+    assert rec.items.tolist() == expected["rec_items"] and rec.scores.tolist() == expected["rec_values"]

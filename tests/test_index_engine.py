@@ -1,5 +1,6 @@
 """QuantizedIndex / FloatIndex: exact rankings, exclusion, faiss backends, ids and bad requests."""
 
+import importlib.util
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -16,6 +17,10 @@ N_USERS, N_ITEMS, DIM = 60, 700, 24
 
 # the compiled int8 dot-product kernel runs only on CPUs with AVX-512 VNNI
 VNNI = ("int8-dot",) if K.Int8DotKernel.available() else ()
+
+#: faiss-cpu is an optional extra (``pip install 'hqgnn[faiss]'``; ``.[test]`` includes it)
+needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
+                                 reason="faiss-cpu not installed (pip install 'hqgnn[faiss]')")
 
 
 def make_train(seed=0, n_users=N_USERS, n_items=N_ITEMS, density=0.04):
@@ -111,11 +116,14 @@ def test_float_index_equals_torch_brute_force():
     assert np.allclose(scores, ref_scores.numpy(), rtol=1e-5, atol=1e-5)
     # continuous scores: no ties, so the items agree exactly
     assert np.array_equal(got, ref_items.numpy())
+    if importlib.util.find_spec("faiss") is None:
+        return
     index.backend = "faiss-flat"
     got_f, scores_f = index.search(k=20, exclude="train")
     assert np.array_equal(got_f, got) and np.allclose(scores_f, scores, rtol=1e-5, atol=1e-5)
 
 
+@needs_faiss
 def test_faiss_backends_for_one_bit():
     users, items = make_codes(1, seed=8, dim=64)
     train = make_train(8)
@@ -148,11 +156,12 @@ def test_recommendations_map_original_ids():
                                       train=train, user_scale=0.5, item_scale=2.0)
     rec = index.recommend(["user-4", "user-11"], k=7)
     dense, scores = index.search([4, 11], k=7, exclude="train")
-    assert np.array_equal(rec.items, item_ids[dense]) and np.array_equal(rec.scores, scores)
-    assert np.allclose(rec.values, scores * 0.5 * 2.0 / 4)
+    assert np.array_equal(rec.items, item_ids[dense]) and np.array_equal(rec.raw_scores, scores)
+    assert np.allclose(rec.scores, scores * 0.5 * 2.0 / 4)  # the model's scores; raw ones under their own name
     records = rec.to_records()
     assert records[0]["user"] == "user-4" and len(records[0]["items"]) == 7
     assert all(isinstance(x, int) for x in records[0]["items"])
+    assert records[0]["scores"] == rec.scores[0].tolist() and records[0]["found"] == 7
     sim = index.similar_items([1000 + 3 * 5], k=4)
     assert sim.kind == "item" and len(sim.items[0]) == 4 and 1015 not in sim.items[0]
     assert np.array_equal(index.user_index(["user-11", "user-0"]), [11, 0])
@@ -230,9 +239,11 @@ def brute_force_order(S, seen):
     return [[int(i) for i in np.lexsort((np.arange(n), -S[u])) if not seen[u, i]] for u in range(len(S))]
 
 
+@needs_faiss
 @pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw"])
 def test_approximate_backends_fill_k_or_say_how_many(backend, tmp_path):
     from hqgnn.export import ArtifactRecommender
+    from hqgnn.index.backends import faiss as faiss_backend
 
     users, items, train, S = short_list_case()
     seen = train.toarray() > 0
@@ -244,8 +255,8 @@ def test_approximate_backends_fill_k_or_say_how_many(backend, tmp_path):
     if backend == "faiss-ivf":  # the premise: IVF's default probing alone comes back short
         import faiss
 
-        planes = index._faiss_queries(index._user_queries(np.arange(len(users))))
-        _, raw_ids = index._faiss_index().search(planes, k, params=faiss.SearchParametersIVF(nprobe=16))
+        planes = faiss_backend.queries(index, index._user_queries(np.arange(len(users))))
+        _, raw_ids = faiss_backend.index_of(index).search(planes, k, params=faiss.SearchParametersIVF(nprobe=16))
         assert (raw_ids >= 0).sum(axis=1).max() < k
     got, scores = index.search(k=k, exclude="train")
     want_found = np.minimum(k, eligible)
@@ -265,16 +276,17 @@ def test_approximate_backends_fill_k_or_say_how_many(backend, tmp_path):
     exact_items, _ = QuantizedIndex.from_artifact(path).search([10], k=full, exclude="train")
     assert approx_items[0].tolist() == exact_items[0].tolist() == brute_force_order(S[10:11], seen[10:11])[0]
     # every answer says how many items it holds
-    recs = ArtifactRecommender(path, backend=backend).recommend([0, 11], k=k)
+    recs = ArtifactRecommender(path, backend=backend).recommend([0, 11], k=k).to_records()
     assert [r["found"] for r in recs] == [k, 10] and [len(r["items"]) for r in recs] == [k, 10]
     rec = index.recommend([0, 11], k=k)
     assert rec.found.tolist() == [k, 10]
 
 
+@needs_faiss
 def test_faiss_rows_still_short_at_the_widest_setting_get_an_exact_search(monkeypatch):
     """No widening at all (as if the widest setting were reached): the short rows are searched
     exactly, so the answer is the exact backend's."""
-    from hqgnn.index import faiss_backend
+    from hqgnn.index.backends import faiss as faiss_backend
 
     users, items, train, S = short_list_case(seed=5)
     index = QuantizedIndex.from_codes(items, 1, user_codes=users, train=train, backend="faiss-ivf")
@@ -287,8 +299,9 @@ def test_faiss_rows_still_short_at_the_widest_setting_get_an_exact_search(monkey
     assert all(got[u][got[u] >= 0].tolist() == ref[u][:1500] for u in range(len(S)))
 
 
+@needs_faiss
 def test_faiss_widening_rounds():
-    from hqgnn.index.faiss_backend import _widened
+    from hqgnn.index.backends.faiss import _widened
 
     class IVF:
         nlist = 51
@@ -302,3 +315,61 @@ def test_faiss_widening_rounds():
     assert _widened(HNSW, {"efSearch": 128}, 2000, floor=1510) == {"efSearch": 2000}
     assert _widened(HNSW, {"efSearch": 128}, 2000, floor=100) == {"efSearch": 256}
     assert _widened(HNSW, {"efSearch": 2000}, 2000) is None
+
+
+# ---------------------------------------------------------------- one vocabulary
+def test_search_returns_items_then_raw_scores_by_name():
+    """The search signature says its order: a SearchResult (items, raw_scores), not faiss's (D, I)."""
+    from hqgnn.index import SearchResult
+
+    users, items = make_codes(2, seed=12)
+    index = QuantizedIndex.from_codes(items, 2, user_codes=users, user_scale=0.5, item_scale=3.0)
+    result = index.search([0, 1], k=5)
+    assert isinstance(result, SearchResult) and result._fields == ("items", "raw_scores")
+    assert result.items.dtype == np.int64 and result.raw_scores.dtype == np.int32
+    assert isinstance(index.similar([2], k=3), SearchResult)
+    rec = index.recommend([0, 1], k=5)
+    assert np.array_equal(rec.items, result.items) and np.array_equal(rec.raw_scores, result.raw_scores)
+    assert np.array_equal(rec.scores, index.dequantize(result.raw_scores))
+    # planes are packed, codes unpacked
+    assert index.item_planes.shape == (2, N_ITEMS, 1) and index.item_planes.dtype == np.uint64
+    assert np.array_equal(index.item_codes(), items) and np.array_equal(index.user_codes(), users)
+
+
+def test_one_id_map_and_one_k_check():
+    """The engine, the artifact recommender and the server share hqgnn.index.ids."""
+    from hqgnn.index import IdMap, check_k
+    from hqgnn.index.engine import IdMap as EngineIdMap
+
+    assert EngineIdMap is IdMap
+    ids = IdMap(np.array([10, 30, 20]), 3, "user")
+    assert ids.to_index(["30", 10]).tolist() == [1, 0] and ids.to_ids(np.array([2, -1])).tolist() == [20, -1]
+    assert ids.parse("20") == 20 and ids.parse(np.int64(7)) == 7
+    assert ids.known([10, 11, 2**70, -(2**70)]).tolist() == [True, False, False, False]
+    for bad in ("abc", True, 1.5):
+        with pytest.raises(RetrievalError, match="is not an integer"):
+            ids.parse(bad)
+    names = IdMap(np.array(["b", "a"]), 2, "item")
+    assert names.parse(5) == "5" and names.known(["a", "c", "ab"]).tolist() == [True, False, False]
+    with pytest.raises(RetrievalError, match="must be a string"):
+        names.parse([1])
+    identity = IdMap(None, 4, "user")
+    assert identity.identity and identity.known([0, 3, 4, -1]).tolist() == [True, True, False, False]
+    assert check_k(np.int64(3), 5) == 3
+    with pytest.raises(RetrievalError, match=r"^k=6 is out of range: expected 1 \.\. 5 \(the number of items\)$"):
+        check_k(6, 5, of="the number of items")
+    with pytest.raises(RetrievalError, match="must be an integer"):
+        check_k(True, 5)
+
+
+@needs_faiss
+def test_faiss_is_imported_only_when_a_faiss_backend_is_asked_for():
+    import subprocess
+    import sys
+
+    code = ("import sys; import numpy as np; import hqgnn.index as I; print('faiss' in sys.modules); "
+            "ix = I.QuantizedIndex.from_codes(np.zeros((70, 8), np.uint8), 1); ix.search(queries=np.zeros((1, 8), "
+            "np.uint8), k=3); print('faiss' in sys.modules); ix.backend = 'faiss-flat'; print('faiss' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True"]

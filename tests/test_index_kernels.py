@@ -5,10 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hqgnn.index import SearchResult
 from hqgnn.index import kernels as K
-from hqgnn.index.select import select_topk, sentinel
 from hqgnn.index.packing import (code_sums, codes_to_levels, levels_to_codes, pack_bits, pack_codes, pad_bits,
                                  unpack_bits, unpack_codes, words_per_row)
+from hqgnn.index.search import all_scores, search_topk
+from hqgnn.index.select import select_topk, sentinel
+from oracles import brute_force_scores, reference_topk
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -83,7 +86,7 @@ def test_kernel_scores_equal_brute_force(bits, d, nq, ni, seed):
     users, items = random_codes(rng, nq, d, bits), random_codes(rng, ni, d, bits)
     ref = codes_to_levels(users, bits).astype(np.float64) @ codes_to_levels(items, bits).astype(np.float64).T
     for name, (kernel, prep) in kernels_for(items, bits).items():
-        got = K.all_scores(kernel, prep(users))
+        got = all_scores(kernel, prep(users))
         assert got.dtype == np.int32
         assert np.array_equal(got, ref), name
 
@@ -95,7 +98,7 @@ def test_extreme_codes_are_exact():
         low = np.zeros((2, d), np.uint8)
         items = np.concatenate([top, low])
         for name, (kernel, prep) in kernels_for(items, bits).items():
-            got = K.all_scores(kernel, prep(top))
+            got = all_scores(kernel, prep(top))
             m2d = d * (2**bits - 1) ** 2
             assert np.all(got[:, :3] == m2d) and np.all(got[:, 3:] == -m2d), (bits, d, name)
 
@@ -127,10 +130,10 @@ def test_search_topk_excludes_and_breaks_ties_by_index():
     users = random_codes(rng, 70, 64, 1)
     indptr, indices = random_csr(rng, 70, 5000, 300)
     ref = codes_to_levels(users, 1).astype(np.int64) @ codes_to_levels(items, 1).astype(np.int64).T
-    want_items, want_scores = K.reference_topk(ref, 50, (indptr, indices))
+    want_items, want_scores = reference_topk(ref, 50, (indptr, indices))
     for name, (kernel, prep) in kernels_for(items, 1).items():
         for threads in (1, 2):
-            got_items, got_scores = K.search_topk(kernel, prep(users), 50, exclude=(indptr, indices), threads=threads)
+            got_items, got_scores = search_topk(kernel, prep(users), 50, exclude=(indptr, indices), threads=threads)
             assert np.array_equal(got_items, want_items), name
             assert np.array_equal(got_scores, want_scores), name
             rows = np.repeat(np.arange(70), np.diff(indptr))
@@ -145,7 +148,7 @@ def test_search_topk_pads_rows_with_too_few_eligible_items():
     indptr = np.array([0, 27, 27])
     indices = np.arange(27)
     for name, (kernel, prep) in kernels_for(items, 2).items():
-        got, scores = K.search_topk(kernel, prep(users), 5, exclude=(indptr, indices))
+        got, scores = search_topk(kernel, prep(users), 5, exclude=(indptr, indices))
         assert set(got[0, :3].tolist()) == {27, 28, 29} and np.all(got[0, 3:] == -1), name
         assert np.all(scores[0, 3:] == np.iinfo(np.int32).min)
         assert np.all(got[1] >= 0)
@@ -155,7 +158,7 @@ def test_float_kernel_matches_numpy():
     rng = np.random.default_rng(1)
     items = rng.standard_normal((2000, 32)).astype(np.float32)
     users = rng.standard_normal((40, 32)).astype(np.float32)
-    got, scores = K.search_topk(K.GemmKernel(items), users, 20)
+    got, scores = search_topk(K.GemmKernel(items), users, 20)
     ref = users @ items.T
     want = np.argsort(-ref, axis=1, kind="stable")[:, :20]
     assert np.array_equal(got, want)
@@ -180,9 +183,9 @@ def test_streaming_search_is_exact_when_the_sample_misleads():
     indptr = np.concatenate([[0], np.cumsum(lens)])
     indices = np.concatenate(indices)
     ref = codes_to_levels(users, 1).astype(np.int64) @ codes_to_levels(items, 1).astype(np.int64).T
-    want_items, want_scores = K.reference_topk(ref, k, (indptr, indices))
+    want_items, want_scores = reference_topk(ref, k, (indptr, indices))
     for name, (kernel, prep) in kernels_for(items, 1).items():
-        got_items, got_scores = K.search_topk(kernel, prep(users), k, exclude=(indptr, indices), threads=1)
+        got_items, got_scores = search_topk(kernel, prep(users), k, exclude=(indptr, indices), threads=1)
         assert np.array_equal(got_items, want_items), name
         assert np.array_equal(got_scores[got_items >= 0], want_scores[want_items >= 0].astype(np.int32)), name
         assert np.sum(got_items[2] >= 0) == 10
@@ -197,9 +200,9 @@ def test_search_topk_matches_reference_on_random_inputs(bits, d, nq, n, k, max_s
     users, items = random_codes(rng, nq, d, bits), random_codes(rng, n, d, bits)
     indptr, indices = random_csr(rng, nq, n, max_seen)
     ref = codes_to_levels(users, bits).astype(np.int64) @ codes_to_levels(items, bits).astype(np.int64).T
-    want_items, want_scores = K.reference_topk(ref, k, (indptr, indices))
+    want_items, want_scores = reference_topk(ref, k, (indptr, indices))
     for name, (kernel, prep) in kernels_for(items, bits).items():
-        got_items, got_scores = K.search_topk(kernel, prep(users), k, exclude=(indptr, indices), threads=threads)
+        got_items, got_scores = search_topk(kernel, prep(users), k, exclude=(indptr, indices), threads=threads)
         assert np.array_equal(got_items, want_items), name
         ok = want_items >= 0
         assert np.array_equal(got_scores[ok], want_scores[ok].astype(np.int32)), name
@@ -207,17 +210,17 @@ def test_search_topk_matches_reference_on_random_inputs(bits, d, nq, n, k, max_s
 
 
 def test_compiled_plane_kernel_is_used_and_sorts_exclusions():
-    from hqgnn.index import compiled
+    from hqgnn.index.kernels import compiled_planes, compiled_select
 
-    assert compiled.available(), "numba is a dependency: the compiled kernel must load"
+    assert compiled_planes.available(), "numba is a dependency: the compiled kernel must load"
     kernel = K.PlaneKernel(pack_codes(np.zeros((4, 8), np.uint8), 1), 1, 8)
     assert kernel.name == "bitplane" and kernel.fused() is not None
     assert K.PlaneKernel(kernel.items, 1, 8, compiled=False).fused() is None
     indptr = np.array([0, 3, 3, 5])
-    got = compiled.sorted_exclusion(indptr, np.array([9, 2, 5, 7, 1]))
+    got = compiled_select.sorted_exclusion(indptr, np.array([9, 2, 5, 7, 1]))
     assert got.tolist() == [2, 5, 9, 1, 7]
     already = np.array([2, 5, 9, 1, 7])
-    assert compiled.sorted_exclusion(indptr, already).tolist() == already.tolist()
+    assert compiled_select.sorted_exclusion(indptr, already).tolist() == already.tolist()
 
 
 def test_compiled_search_from_several_python_threads_at_once():
@@ -226,8 +229,28 @@ def test_compiled_search_from_several_python_threads_at_once():
     rng = np.random.default_rng(11)
     items, users = random_codes(rng, 3000, 64, 1), random_codes(rng, 40, 64, 1)
     kernel = K.PlaneKernel(pack_codes(items, 1), 1, 64)
-    want = K.search_topk(kernel, pack_codes(users, 1), 20, threads=2)
+    want = search_topk(kernel, pack_codes(users, 1), 20, threads=2)
     with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda _: K.search_topk(kernel, pack_codes(users, 1), 20, threads=2), range(8)))
+        got = list(pool.map(lambda _: search_topk(kernel, pack_codes(users, 1), 20, threads=2), range(8)))
     for items_k, scores_k in got:
         assert np.array_equal(items_k, want[0]) and np.array_equal(scores_k, want[1])
+
+
+def test_every_kernel_implements_the_protocol_and_the_driver_names_its_result():
+    """The kernel interface is written down (a Protocol); the driver returns (items, raw_scores) by name."""
+    rng = np.random.default_rng(2)
+    items, users = random_codes(rng, 300, 20, 3), random_codes(rng, 4, 20, 3)
+    kernels = [kernel for kernel, _ in kernels_for(items, 3).values()]
+    kernels.append(K.GemmKernel(rng.standard_normal((300, 20)).astype(np.float32)))
+    for kernel in kernels:
+        assert isinstance(kernel, K.Kernel), type(kernel).__name__
+        assert isinstance(kernel.subset(np.arange(0, 300, 16)), K.Kernel)
+        fused = kernel.fused()
+        assert fused is None or isinstance(fused, K.FusedSearch)
+    plane = K.PlaneKernel(pack_codes(items, 3), 3, 20)
+    result = search_topk(plane, pack_codes(users, 3), 7)
+    assert isinstance(result, SearchResult) and result._fields == ("items", "raw_scores")
+    got_items, got_scores = result
+    assert got_items is result.items and got_scores is result.raw_scores
+    want_items, want_scores = reference_topk(brute_force_scores(codes_to_levels(users, 3), codes_to_levels(items, 3)), 7)
+    assert np.array_equal(result.items, want_items) and np.array_equal(result.raw_scores, want_scores)

@@ -1,5 +1,7 @@
 """Q_b, the GSTE backward, Hutchinson's estimator and the quantized models."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,25 @@ def test_one_bit_is_sign():
     assert torch.equal(torch.sign(out), torch.sign(x))
     assert torch.allclose(out.abs(), torch.full_like(out, s / 2))
     assert torch.equal(q.levels(x), torch.sign(x).to(torch.int32))
+
+
+def test_quantizer_default_is_calibrated_as_every_config():
+    """Quantizer(bits) scales as the configs do (Config.scale_mode's default): from each forward's
+    statistics, no trained parameter; ``learned`` is asked for by name."""
+    from hqgnn.config import Config
+
+    q = Quantizer(2)
+    assert q.scale_mode == Config().scale_mode == "calibrated" and not q.scale.requires_grad
+    x = torch.randn(400, 8, generator=torch.Generator().manual_seed(0))
+    q(x)
+    step = q.step
+    q(3 * x)
+    assert q.step == pytest.approx(3 * step)  # recalibrated on every forward
+    assert q.step == pytest.approx(float(q.calibrated_scale(3 * x)))
+    learned = Quantizer(2, "learned")
+    assert learned.scale.requires_grad
+    with pytest.raises(ValueError, match="scale_mode"):
+        Quantizer(2, "fixed")
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -154,14 +175,29 @@ def test_lsq_scale_gradient_matches_finite_difference_of_smooth_part():
 
 
 # ---------------------------------------------------------------- Hutchinson
+def hutchinson_standard_error(h: torch.Tensor, probes: int) -> float:
+    """The standard error of Hutchinson's mean over ``probes`` Rademacher probes of a symmetric H:
+    one probe's v^T H v has variance 2 sum_{i != j} H_ij^2 (its diagonal part is exact)."""
+    h = h.double()
+    off_diagonal = float((h**2).sum() - (torch.diagonal(h) ** 2).sum())
+    return math.sqrt(2.0 * off_diagonal / probes)
+
+
 def test_hutchinson_on_quadratic_form():
+    """f(x) = 0.5 x^T A x has the Hessian A everywhere: the estimate is within 5 standard errors
+    of tr(A) (the error bound follows from the probe variance, not a guess), and the gradient is A x."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(20, 20, generator=gen)
-    h = a @ a.t() + torch.eye(20)  # f(x) = 0.5 x^T H x has Hessian H
-    est = hutchinson_trace(lambda x: 0.5 * x @ h @ x, torch.randn(20, generator=gen), max_probes=4000, tol=0.0,
+    h = a @ a.t() / 20 + torch.eye(20)
+    x0 = torch.randn(20, generator=gen)
+    probes = 4000
+    est = hutchinson_trace(lambda x: 0.5 * x @ h @ x, x0, max_probes=probes, tol=0.0,
                            generator=torch.Generator().manual_seed(1))
-    assert est.probes == 4000
-    assert est.trace == pytest.approx(float(torch.trace(h)), rel=0.05)
+    assert est.probes == probes
+    exact, se = float(torch.trace(h)), hutchinson_standard_error(h, probes)
+    assert 5 * se < 0.02 * exact  # the bound is tight enough to catch a wrong estimator
+    assert abs(est.trace - exact) <= 5 * se, (est.trace, exact, se)
+    assert torch.allclose(est.grad, h @ x0, atol=1e-5)
 
 
 def test_hutchinson_on_diagonal_hessian_is_exact():
@@ -190,6 +226,66 @@ def test_hutchinson_matches_exact_hessian_of_bpr_on_tiny_graph():
     assert torch.allclose(est.grad, grad)  # the gradient returned for the delta statistics
 
 
+def test_gste_delta_matches_exact_hessian_trace_and_gradient_std():
+    """HQ-GNN's namesake step: delta = (Tr(H) / N) / (3 std(g)) per table, H and g the Hessian and
+    gradient of the BPR loss w.r.t. a mini-batch's quantized rows in units of the step, averaged
+    over the batches. Checked against an independent computation: the exact Hessian
+    (torch.autograd.functional.hessian, float64) and the exact gradient of the same loss on the same
+    rows. The tolerance is 5 standard errors of Hutchinson's mean (2 sum_{i != j} H_ij^2 per probe)."""
+    from hqgnn.models import HQGNNModel, LightGCN
+
+    n_users, n_items, d, bits, probes = 6, 8, 4, 2, 3000
+    encoder = LightGCN(n_users, n_items, dim=d, layers=0, generator=torch.Generator().manual_seed(3))
+    model = HQGNNModel(encoder, bits=bits, hutchinson_probes=probes, hutchinson_tol=0.0, hutchinson_batches=2)
+    gen = torch.Generator().manual_seed(5)
+    batches = [tuple(torch.randint(0, n, (10,), generator=gen) for n in (n_users, n_items, n_items)) for _ in range(2)]
+
+    class Context:  # what update_deltas reads of the trainer's context: fixed batches here
+        adj = None
+        epoch_rng = np.random.default_rng(0)
+
+        @staticmethod
+        def sample_batches(n):
+            return iter(batches[:n])
+
+    log = model.update_deltas(Context())
+    assert log["hutchinson_probes"] == 2 * 2 * probes  # every probe ran (tol 0): the error bound holds
+
+    # independently: the quantized tables from the grid formula, then exact derivatives
+    with torch.no_grad():
+        u, i = (t.double() for t in encoder(None))
+    su, si = model.user_quantizer.step, model.item_quantizer.step
+    uq, iq = su * grid_codes(u / su, bits) / 2, si * grid_codes(i / si, bits) / 2
+    exact = {"user": [], "item": []}
+    for users, pos, neg in batches:
+        uniq_u, inv_u = torch.unique(users, return_inverse=True)
+        uniq_i, inv_i = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        inv_p, inv_n = inv_i[: len(pos)], inv_i[len(pos):]
+        cases = {
+            "user": (uq[uniq_u] / su, lambda y: bpr_loss((y * su)[inv_u], iq[pos], iq[neg])),
+            "item": (iq[uniq_i] / si, lambda y: bpr_loss(uq[users], (y * si)[inv_p], (y * si)[inv_n])),
+        }
+        for name, (x, loss) in cases.items():
+            flat = lambda v, x=x, loss=loss: loss(v.view(x.shape))  # noqa: E731
+            h = torch.autograd.functional.hessian(flat, x.flatten())
+            v = x.flatten().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(flat(v), v)
+            exact[name].append((float(torch.trace(h)) / x.numel(), float(g.std()),
+                                hutchinson_standard_error(h, probes) / x.numel()))
+    for name in ("user", "item"):
+        trace_per_entry = sum(e[0] for e in exact[name]) / 2
+        grad_std = sum(e[1] for e in exact[name]) / 2
+        se = math.sqrt(sum(e[2] ** 2 for e in exact[name])) / 2  # of the mean of two independent estimates
+        delta = max(trace_per_entry / (3 * grad_std), 0.0)
+        assert log[f"grad_std_{name}"] == pytest.approx(grad_std, rel=1e-5)
+        assert abs(log[f"trace_per_entry_{name}"] - trace_per_entry) <= 5 * se + 1e-6
+        assert trace_per_entry > 0 and 5 * se < 0.05 * trace_per_entry  # a meaningful, unclipped delta
+        assert abs(log[f"delta_{name}"] - delta) <= 5 * se / (3 * grad_std) + 1e-6 * delta, (name, log, delta)
+        # the quantizers use it: the GSTE's backward reads the buffer
+        quantizer = model.user_quantizer if name == "user" else model.item_quantizer
+        assert float(quantizer.delta) == pytest.approx(log[f"delta_{name}"])
+
+
 def test_hutchinson_stops_early_when_converged():
     d = torch.ones(50)
     est = hutchinson_trace(lambda x: 0.5 * (d * x * x).sum(), torch.zeros(50), max_probes=50, tol=1e-3)
@@ -197,14 +293,21 @@ def test_hutchinson_stops_early_when_converged():
 
 
 # ---------------------------------------------------------------- models on synthetic data
+def trainer_for(cfg, data, out_dir=None):
+    """A trainer of the model a new run of ``cfg`` starts from (with from_run's E0), as ``fit`` makes one."""
+    from hqgnn.models import initial_model
+    from hqgnn.training import Trainer
+
+    return Trainer(cfg, initial_model(cfg, data), data, out_dir, progress=False)
+
+
 def _fit(model, small_data, **extra):
-    from hqgnn.evaluation import evaluate_scores
-    from hqgnn.training import Trainer, excluded_for
+    from hqgnn.evaluation import evaluate_scores, excluded_for
 
     overrides = [f"model={model}", "epochs=20", "batch_size=256", "lr=0.02", "eval_every=10", "val_fraction=0",
                  "eval_split=test", "patience=0", "threads=1", "dim=16"] + [f"{k}={v}" for k, v in extra.items()]
     cfg = Config.load(overrides=overrides)
-    trainer = Trainer(cfg, small_data, None, progress=False)
+    trainer = trainer_for(cfg, small_data)
     metrics = trainer.fit()
     gen = torch.Generator().manual_seed(0)
     random = evaluate_scores(lambda idx: torch.rand(len(idx), small_data.n_items, generator=gen), small_data.test,
@@ -225,7 +328,10 @@ def test_hqgnn_logs_delta_and_trace(small_data):
     trainer, metrics, _ = _fit("hqgnn", small_data, bits=2, delta_every=4)
     events = [h for h in trainer.history if h.get("event") == "epoch_start"]
     assert [e["epoch"] for e in events] == [0, 4, 8, 12, 16]
-    assert all(e["delta_user"] >= 0 and "trace_per_entry_item" in e for e in events)
+    for e in events:  # the logged delta is the formula of the logged statistics, and the formula is not clipped
+        for name in ("user", "item"):
+            assert e[f"delta_{name}"] == pytest.approx(e[f"trace_per_entry_{name}"] / (3 * e[f"grad_std_{name}"]))
+            assert e[f"delta_{name}"] > 0
 
 
 def test_soft_hashgnn_probability_decays(small_data):
@@ -235,16 +341,15 @@ def test_soft_hashgnn_probability_decays(small_data):
 
 
 def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
-    from hqgnn.training import Trainer
 
     base = Config.load(overrides=["epochs=20", "batch_size=256", "lr=0.02", "val_fraction=0", "eval_split=test",
                                   "patience=0", "threads=1", "dim=16", "eval_every=10"])
-    fp = Trainer(base, small_data, tmp_path / "fp", progress=False).fit()
+    fp = trainer_for(base, small_data, tmp_path / "fp").fit()
     results = {}
     for model, bits in (("ptq", 4), ("lsh", 1), ("ptq", 8)):
         cfg = Config.load(overrides=[f"model={model}", f"bits={bits}", f"from_run={tmp_path / 'fp'}", "threads=1",
                                      "dim=16", "val_fraction=0", "eval_split=test"])
-        m = results[model, bits] = Trainer(cfg, small_data, None, progress=False).fit()
+        m = results[model, bits] = trainer_for(cfg, small_data).fit()
         assert m["bits"] == bits
         assert m["recall@20"] > 0.3 * fp["recall@20"]
     # 8-bit post-training quantization is nearly lossless
@@ -253,16 +358,16 @@ def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
     cfg = Config.load(overrides=["model=ptq", "bits=4", f"from_run={tmp_path / 'fp'}", "threads=1", "dim=16", "layers=1",
                                  "val_fraction=0", "eval_split=test"])
     with pytest.raises(CheckpointError, match=r"fp.model\.pt: from_run propagates 3 layers, this ptq run 1 \(set layers=3\)"):
-        Trainer(cfg, small_data, None, progress=False).fit()
+        trainer_for(cfg, small_data).fit()
     # nor are other layer weights; the source's default weights written out are the same weights
     common = ["model=ptq", "bits=4", f"from_run={tmp_path / 'fp'}", "threads=1", "dim=16", "val_fraction=0",
               "eval_split=test"]
     cfg = Config.load(overrides=common + ["layer_weights=[0.4,0.2,0.2,0.2]"])
     with pytest.raises(CheckpointError, match=r"fp.model\.pt: from_run sums its layers with weights \[0\.25, 0\.25, 0\.25, 0\.25\], "
                                               r"this ptq run with \[0\.4, 0\.2, 0\.2, 0\.2\]"):
-        Trainer(cfg, small_data, None, progress=False).fit()
+        trainer_for(cfg, small_data).fit()
     cfg = Config.load(overrides=common + ["layer_weights=[0.25,0.25,0.25,0.25]"])
-    assert Trainer(cfg, small_data, None, progress=False).fit()["recall@20"] == pytest.approx(results["ptq", 4]["recall@20"])
+    assert trainer_for(cfg, small_data).fit()["recall@20"] == pytest.approx(results["ptq", 4]["recall@20"])
     # and a quantized run is no source of full-precision embeddings
     (tmp_path / "hq").mkdir()
     from hqgnn.training import CHECKPOINT_VERSION
@@ -271,15 +376,15 @@ def test_post_hoc_models_from_a_trained_run(small_data, tmp_path):
                tmp_path / "hq" / "model.pt")
     cfg = Config.load(overrides=["model=lsh", f"from_run={tmp_path / 'hq'}", "threads=1", "dim=16", "val_fraction=0",
                                  "eval_split=test"])
-    with pytest.raises(CheckpointError, match=r"hq.model\.pt: from_run must be a full-precision lightgcn or mf run, got 'hqgnn'"):
-        Trainer(cfg, small_data, None, progress=False).fit()
+    with pytest.raises(CheckpointError, match=r"hq.model\.pt: from_run must be a full-precision lightgcn run, got 'hqgnn'"):
+        trainer_for(cfg, small_data).fit()
     # a damaged or foreign model.pt is named as such, as any checkpoint is
     (tmp_path / "hq" / "model.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match=r"hq.model\.pt: corrupt checkpoint"):
-        Trainer(cfg, small_data, None, progress=False)
+        trainer_for(cfg, small_data)
     torch.save({"config": {"model": "lightgcn"}}, tmp_path / "hq" / "model.pt")
     with pytest.raises(CheckpointError, match=r"hq.model\.pt: not an hqgnn checkpoint"):
-        Trainer(cfg, small_data, None, progress=False)
+        trainer_for(cfg, small_data)
 
 
 def test_export_codes_equal_training_quantizer(small_data):
@@ -354,26 +459,24 @@ def test_trained_quantized_models_start_from_a_full_precision_run(small_data, tm
     import shutil
 
     from hqgnn.api import Recommender
-    from hqgnn.training import Trainer
 
     common = ["batch_size=256", "lr=0.02", "val_fraction=0", "eval_split=test", "patience=0", "threads=1", "dim=16",
               "eval_every=5"]
     fp_cfg = Config.load(overrides=common + ["epochs=20", "data=synthetic"])
-    Trainer(fp_cfg, small_data, tmp_path / "fp", progress=False).fit()
+    trainer_for(fp_cfg, small_data, tmp_path / "fp").fit()
     source = torch.load(tmp_path / "fp" / "model.pt", weights_only=False)["model"]["encoder.embedding"]
     for model in ("hqgnn", "bigear"):
         cfg = Config.load(overrides=common + [f"model={model}", "bits=1", "epochs=0", f"from_run={tmp_path / 'fp'}"])
-        started = Trainer(cfg, small_data, None, progress=False)
+        started = trainer_for(cfg, small_data)
         assert torch.equal(started.model.encoder.embedding.detach(), source)
-        cold = Trainer(Config.load(overrides=common + [f"model={model}", "bits=1", "epochs=0"]), small_data, None,
-                       progress=False)
+        cold = trainer_for(Config.load(overrides=common + [f"model={model}", "bits=1", "epochs=0"]), small_data)
         assert not torch.equal(cold.model.encoder.embedding.detach(), source)
         # before any quantized training, the codes of the trained run already rank far above random ones
         assert started.fit()["recall@20"] > 2 * cold.fit()["recall@20"]
     # a finished run holds its own E0: it loads without the run it started from
     cfg = Config.load(overrides=common + ["model=hqgnn", "bits=1", "epochs=2", f"from_run={tmp_path / 'fp'}",
                                           "data=synthetic"])
-    trained = Trainer(cfg, small_data, tmp_path / "hq", progress=False)
+    trained = trainer_for(cfg, small_data, tmp_path / "hq")
     metrics = trained.fit()
     shutil.rmtree(tmp_path / "fp")
     rec = Recommender.load(tmp_path / "hq", data=small_data)

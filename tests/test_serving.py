@@ -9,6 +9,7 @@ subprocess.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -34,6 +35,10 @@ from hqgnn.serving import Recommendation, Similar, create_app  # noqa: E402
 HOST = "127.0.0.1"
 N_USERS, N_ITEMS, DIM = 200, 150, 16
 MAX_BATCH = 8
+
+#: faiss-cpu is an optional extra (``pip install 'hqgnn[faiss]'``; ``.[test]`` includes it)
+needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
+                                 reason="faiss-cpu not installed (pip install 'hqgnn[faiss]')")
 
 
 # ---------------------------------------------------------------- fixtures
@@ -101,6 +106,20 @@ def reference(artifacts):
     return out
 
 
+def _metrics(text: str) -> dict:
+    """Every sample of a ``/metrics`` text, parsed by prometheus_client's own parser (which refuses
+    malformed text): ``{(sample name, frozenset of label items): value}``, in text order."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _metric(text: str, name: str, **labels):
+    """The value of one sample of a ``/metrics`` text (None when absent)."""
+    return _metrics(text).get((name, frozenset(labels.items())))
+
+
 def _assert_one_line_error(r, status=None):
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     if status is not None:
@@ -142,7 +161,7 @@ def test_recommend_get_matches_engine_and_excludes_seen(server, reference):
         assert body["scores"] == sorted(body["scores"], reverse=True)
         seen = {ref["items"][i] for i in art.train_indices[art.train_indptr[row]:art.train_indptr[row + 1]]}
         assert not seen & set(body["items"])
-        expect = ref["rec"].recommend([user], k=10, exclude_seen=True)[0]
+        expect = ref["rec"].recommend([user], k=10, exclude_seen=True).to_records()[0]
         assert body["items"] == expect["items"]
         np.testing.assert_allclose(body["scores"], expect["scores"])
     with_seen = server.get("/recommend", params={"user": ref["users"][0], "k": N_ITEMS, "exclude_seen": "false"})
@@ -169,7 +188,8 @@ def test_similar(server, reference):
     body = r.json()
     assert Similar.model_validate(body).model_dump() == body
     assert body["item"] == item and len(body["items"]) == 5 and item not in body["items"]
-    assert body["items"] == reference["quantized"]["rec"].similar(item, k=5)["items"]
+    assert body["items"] == reference["quantized"]["rec"].similar(item, k=5).to_records()[0]["items"]
+    assert body["found"] == 5
 
 
 def test_openapi_documents_every_endpoint(server):
@@ -258,18 +278,39 @@ def test_metrics_prometheus_text(server):
                         r'(-?[0-9.e+-]+|\+Inf|-Inf|NaN)$')
     for line in text.splitlines():
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
-    ok = re.search(r'^hqgnn_http_requests_total\{method="GET",route="/recommend",status="200"\} (\d+)$', text, re.M)
-    assert ok and int(ok.group(1)) >= 3
-    assert re.search(r'^hqgnn_http_requests_total\{method="GET",route="/recommend",status="404"\} [1-9]', text, re.M)
+    samples = _metrics(text)  # prometheus_client's parser reads every line
+    ok = _metric(text, "hqgnn_http_requests_total", method="GET", route="/recommend", status="200")
+    assert ok is not None and ok >= 3
+    assert _metric(text, "hqgnn_http_requests_total", method="GET", route="/recommend", status="404") >= 1
     assert "# TYPE hqgnn_http_request_duration_seconds histogram" in text
-    buckets = [int(v) for v in re.findall(r'^hqgnn_http_request_duration_seconds_bucket\{route="/recommend",le="[^"]+"\} (\d+)$',
-                                          text, re.M)]
-    count = re.search(r'^hqgnn_http_request_duration_seconds_count\{route="/recommend"\} (\d+)$', text, re.M)
-    assert buckets and buckets == sorted(buckets) and buckets[-1] == int(count.group(1)) >= 4
-    assert re.search(r'^hqgnn_model_info\{model="hqgnn",bits="1",dim="16",checksum="[0-9a-f]{64}"\} 1$', text, re.M)
+    buckets = [(dict(labels)["le"], v) for (name, labels), v in samples.items()
+               if name == "hqgnn_http_request_duration_seconds_bucket" and dict(labels)["route"] == "/recommend"]
+    counts = [v for _, v in buckets]
+    count = _metric(text, "hqgnn_http_request_duration_seconds_count", route="/recommend")
+    assert buckets and buckets[-1][0] == "+Inf" and counts == sorted(counts) and counts[-1] == count >= 4
+    info = [(dict(labels), v) for (name, labels), v in samples.items() if name == "hqgnn_model_info"]
+    assert len(info) == 1 and info[0][1] == 1
+    assert {k: v for k, v in info[0][0].items() if k != "checksum"} == {"model": "hqgnn", "bits": "1", "dim": "16"}
+    assert re.fullmatch(r"[0-9a-f]{64}", info[0][0]["checksum"])
 
 
-@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw"])
+def test_metrics_count_every_request_exactly(server):
+    """The counter and the histogram count each answered request once, by route and status."""
+    def counts():
+        text = server.get("/metrics").text
+        return (_metric(text, "hqgnn_http_requests_total", method="GET", route="/similar", status="200") or 0,
+                _metric(text, "hqgnn_http_requests_total", method="GET", route="/similar", status="422") or 0,
+                _metric(text, "hqgnn_http_request_duration_seconds_count", route="/similar") or 0)
+
+    before = counts()
+    for _ in range(5):
+        assert server.get("/similar", params={"item": 0, "k": 3}).status_code == 200
+    for _ in range(2):
+        assert server.get("/similar", params={"item": 0, "k": 0}).status_code == 422
+    assert tuple(a - b for a, b in zip(counts(), before)) == (5, 2, 7)
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs_faiss) for b in ("faiss-ivf", "faiss-hnsw")])
 def test_approximate_backend_answers_are_full_or_say_how_many(tmp_path, backend):
     """A 2,000-item 1-bit artifact served with an approximate backend: k=1500 gives 1,500 items,
     and a user with fewer eligible items than k gets them all with ``found`` < k."""
@@ -318,7 +359,7 @@ def test_fallback_popular(artifacts, reference):
         assert batch["results"][1]["items"] == popular
         # still a 422 for an id that cannot be a user id at all
         _assert_one_line_error(client.get("/recommend", params={"user": "abc"}), 422)
-        assert re.search(r"^hqgnn_fallback_recommendations_total 2$", client.get("/metrics").text, re.M)
+        assert _metric(client.get("/metrics").text, "hqgnn_fallback_recommendations_total") == 2
         assert client.get("/info").json()["fallback"] == "popular"
 
 
@@ -326,7 +367,7 @@ def test_fallback_popular(artifacts, reference):
 def test_reload_under_concurrent_requests(artifacts, reference):
     q_path, f_path = artifacts["quantized"], artifacts["float"]
     users = reference["quantized"]["users"][:20]
-    answers = {name: {u: reference[name]["rec"].recommend([u], k=10)[0]["items"] for u in users}
+    answers = {name: {u: reference[name]["rec"].recommend([u], k=10).to_records()[0]["items"] for u in users}
                for name in ("quantized", "float")}
     with running(create_app(q_path)) as client:
         base = str(client.base_url)
@@ -373,7 +414,7 @@ def test_reload_under_concurrent_requests(artifacts, reference):
         assert r3.status_code == 200 and r3.json()["checksum"] == q_sum, r3.text
         info = client.get("/info").json()
         assert info["checksum"] == q_sum and info["bits"] == 1 and info["reloads"] == 3
-        assert re.search(r'^hqgnn_reloads_total\{result="ok"\} 3$', client.get("/metrics").text, re.M)
+        assert _metric(client.get("/metrics").text, "hqgnn_reloads_total", result="ok") == 3
 
 
 def test_bad_reload_is_refused_and_the_old_model_keeps_serving(artifacts, tmp_path, reference):
@@ -399,7 +440,7 @@ def test_bad_reload_is_refused_and_the_old_model_keeps_serving(artifacts, tmp_pa
         info = client.get("/info").json()
         assert info["checksum"] == checksum and info["reloads"] == 0
         assert client.get("/ready").json()["ready"] is True
-        assert re.search(r'^hqgnn_reloads_total\{result="refused"\} 5$', client.get("/metrics").text, re.M)
+        assert _metric(client.get("/metrics").text, "hqgnn_reloads_total", result="refused") == 5
 
 
 def test_worker_factory_from_env(artifacts, monkeypatch, reference):
@@ -422,7 +463,7 @@ def test_worker_factory_from_env(artifacts, monkeypatch, reference):
         batch = client.post("/recommend", json={"users": users, "k": 5})
         assert batch.status_code == 200, batch.text
         for u, res in zip(users, batch.json()["results"]):
-            assert res["items"] == reference["quantized"]["rec"].recommend([u], k=5)[0]["items"]
+            assert res["items"] == reference["quantized"]["rec"].recommend([u], k=5).to_records()[0]["items"]
         _assert_one_line_error(client.post("/recommend", json={"users": users + users, "k": 5}), 413)
         assert "SIGHUP" in _assert_one_line_error(client.post("/admin/reload"), 409)
         assert client.get("/recommend", params={"user": users[0], "k": 3}).status_code == 200
@@ -467,7 +508,7 @@ def test_cli_serve_and_sighup_reload(artifacts, tmp_path):
             bad.write_bytes(bytes(data))
             os.replace(bad, served)
             proc.send_signal(signal.SIGHUP)
-            _wait_metric(client, r'^hqgnn_reloads_total\{result="refused"\} 1$')
+            _wait_metric(client, "hqgnn_reloads_total", 1, result="refused")
             assert client.get("/info").json()["bits"] == 1
             assert client.get("/recommend", params={"user": 0, "k": 3}).status_code == 200
             # a good new artifact renamed over the path: SIGHUP swaps it in
@@ -475,7 +516,7 @@ def test_cli_serve_and_sighup_reload(artifacts, tmp_path):
             shutil.copyfile(artifacts["float"], tmp)
             os.replace(tmp, served)
             proc.send_signal(signal.SIGHUP)
-            _wait_metric(client, r'^hqgnn_reloads_total\{result="ok"\} 1$')
+            _wait_metric(client, "hqgnn_reloads_total", 1, result="ok")
             assert client.get("/info").json()["bits"] == 32
             assert client.get("/recommend", params={"user": 0, "k": 3}).status_code == 200
     finally:
@@ -488,10 +529,78 @@ def test_cli_serve_and_sighup_reload(artifacts, tmp_path):
     assert proc.returncode in (0, -signal.SIGTERM), proc.stdout.read()
 
 
-def _wait_metric(client, pattern, timeout=20.0):
+def _start_cli_server(args: list, timeout: float = 120.0):
+    """``hqgnn serve ARGS`` in a subprocess on a free port, once ``/ready``; returns (process, base url)."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "hqgnn.cli", "serve", *args, "--host", HOST, "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://{HOST}:{port}"
     deadline = time.time() + timeout
-    while not re.search(pattern, client.get("/metrics").text, re.M):
-        assert time.time() < deadline, f"metric {pattern} not seen"
+    with _client(base) as client:
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if client.get("/ready").status_code == 200:
+                    return proc, base
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "server did not become ready"
+            time.sleep(0.2)
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        proc.kill()
+        proc.wait()
+
+
+def test_workers_metrics_are_the_total_of_every_worker(artifacts):
+    """``--workers 2``: every scrape reports both workers' requests (prometheus_client's multiprocess
+    mode in a directory the launcher creates), not the answering worker's share; the directory
+    goes when the server stops."""
+    proc, base = _start_cli_server([str(artifacts["quantized"]), "--workers", "2"])
+    multiproc_dir = None
+    try:
+        pids, sent = set(), 0
+        while len(pids) < 2 and sent < 400:  # a new connection per request: the kernel hands each to either worker
+            with _client(base) as c:
+                r = c.get("/info")
+            assert r.status_code == 200, r.text
+            pids.add(r.json()["pid"])
+            sent += 1
+        assert len(pids) == 2, f"only one worker answered {sent} requests"
+        environ = Path(f"/proc/{min(pids)}/environ")
+        if environ.exists():
+            env = dict(kv.split("=", 1) for kv in environ.read_text().split("\0") if "=" in kv)
+            multiproc_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+            assert multiproc_dir.is_dir() and list(multiproc_dir.glob("*.db"))
+        for _ in range(6):  # several scrapes, answered by either worker
+            deadline = time.time() + 10
+            while True:
+                with _client(base) as c:
+                    text = c.get("/metrics").text
+                got = _metric(text, "hqgnn_http_requests_total", method="GET", route="/info", status="200")
+                assert got is not None and got <= sent, (got, sent)
+                if got == sent:
+                    break
+                assert time.time() < deadline, f"the scrape counts {got} of {sent} /info requests"
+                time.sleep(0.05)
+            assert _metric(text, "hqgnn_http_request_duration_seconds_count", route="/info") == sent
+    finally:
+        _stop(proc)
+    if multiproc_dir is not None:
+        assert not multiproc_dir.exists(), proc.stdout.read()
+
+
+def _wait_metric(client, name, value, timeout=20.0, **labels):
+    deadline = time.time() + timeout
+    while _metric(client.get("/metrics").text, name, **labels) != value:
+        assert time.time() < deadline, f"metric {name}{labels} = {value} not seen"
         time.sleep(0.05)
 
 
@@ -539,7 +648,7 @@ def test_reload_of_a_nan_artifact_is_refused_and_startup_fails(artifacts, refere
         assert client.get("/recommend", params={"user": user, "k": 10}).json() == before
         info = client.get("/info").json()
         assert info["checksum"] == checksum and info["reloads"] == 0
-        assert re.search(r'^hqgnn_reloads_total\{result="refused"\} 1$', client.get("/metrics").text, re.M)
+        assert _metric(client.get("/metrics").text, "hqgnn_reloads_total", result="refused") == 1
     capsys.readouterr()  # the server's own log of the refusal
     # a server started on it never binds: one error line, exit status 2
     assert main(["serve", str(bad), "--port", str(_free_port())]) == 2

@@ -28,6 +28,14 @@ def make_cfg(small_settings, **changes) -> Config:
     return Config.load(overrides=small_settings(**changes))
 
 
+def trainer_for(cfg, data, out_dir=None):
+    """A trainer of the model a new run of ``cfg`` starts from (with from_run's E0), as ``fit`` makes one."""
+    from hqgnn.models import initial_model
+    from hqgnn.training import Trainer
+
+    return Trainer(cfg, initial_model(cfg, data), data, out_dir, progress=False)
+
+
 def weights(trainer: Trainer) -> dict:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
@@ -60,7 +68,7 @@ def best_epoch_first(monkeypatch):
 def test_run_folder_contents(tmp_path, data, small_settings):
     cfg = make_cfg(small_settings, epochs=3, eval_every=2, ks="[20,50]")
     out = tmp_path / "run"
-    trainer = Trainer(cfg, data, out, progress=False)
+    trainer = trainer_for(cfg, data, out)
     metrics = trainer.fit()
     for name in ("config.yaml", "history.jsonl", "metrics.json", "model.pt", "checkpoint.pt", "data.json"):
         assert (out / name).is_file(), name
@@ -93,14 +101,14 @@ def test_run_folder_contents(tmp_path, data, small_settings):
 
 def test_no_out_dir_writes_nothing(tmp_path, data, small_settings, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    Trainer(make_cfg(small_settings, epochs=1), data, None, progress=False).fit()
+    trainer_for(make_cfg(small_settings, epochs=1), data).fit()
     assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip(tmp_path, data, small_settings):
     cfg = make_cfg(small_settings, epochs=2)
-    trainer = Trainer(cfg, data, tmp_path, progress=False)
+    trainer = trainer_for(cfg, data, tmp_path)
     trainer.fit()
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 2
@@ -109,7 +117,7 @@ def test_checkpoint_round_trip(tmp_path, data, small_settings):
     assert state["history"] == trainer.history
     assert state["best_epoch"] == trainer.best_epoch
     # a fresh trainer restored from it holds the same training state
-    fresh = Trainer(cfg, data, tmp_path, progress=False)
+    fresh = trainer_for(cfg, data, tmp_path)
     assert not torch.equal(fresh.model.encoder.embedding, state["model"]["encoder.embedding"])  # untrained
     fresh.resume()
     assert fresh.epoch == 2 and fresh.history == trainer.history
@@ -121,12 +129,12 @@ def test_checkpoint_round_trip(tmp_path, data, small_settings):
 def test_resume_continues_exactly(tmp_path, data, small_settings, request, monitor):
     if monitor == "best-first":
         request.getfixturevalue("best_epoch_first")
-    straight = Trainer(make_cfg(small_settings, epochs=4), data, tmp_path / "straight", progress=False)
+    straight = trainer_for(make_cfg(small_settings, epochs=4), data, tmp_path / "straight")
     straight_metrics = straight.fit()
 
-    first = Trainer(make_cfg(small_settings, epochs=2), data, tmp_path / "split", progress=False)
+    first = trainer_for(make_cfg(small_settings, epochs=2), data, tmp_path / "split")
     first.fit()
-    second = Trainer(make_cfg(small_settings, epochs=4), data, tmp_path / "split", progress=False)
+    second = trainer_for(make_cfg(small_settings, epochs=4), data, tmp_path / "split")
     second.resume()
     assert second.epoch == 2
     split_metrics = second.fit()
@@ -148,7 +156,7 @@ def test_resume_continues_exactly(tmp_path, data, small_settings, request, monit
 
 
 def test_early_stopping_with_patience(tmp_path, data, small_settings, best_epoch_first):
-    trainer = Trainer(make_cfg(small_settings, epochs=10, patience=2), data, tmp_path, progress=False)
+    trainer = trainer_for(make_cfg(small_settings, epochs=10, patience=2), data, tmp_path)
     metrics = trainer.fit()
     # best at epoch 1, no improvement at 2 and 3 -> stop after epoch 3, report epoch 1's weights
     assert trainer.epoch == 3 and metrics["stopped_early"] is True
@@ -158,7 +166,7 @@ def test_early_stopping_with_patience(tmp_path, data, small_settings, best_epoch
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty"])
 def test_corrupt_checkpoint_raises_checkpoint_error(tmp_path, data, small_settings, damage):
     cfg = make_cfg(small_settings, epochs=1)
-    Trainer(cfg, data, tmp_path, progress=False).fit()
+    trainer_for(cfg, data, tmp_path).fit()
     path = tmp_path / "checkpoint.pt"
     raw = path.read_bytes()
     if damage == "truncated":
@@ -171,7 +179,7 @@ def test_corrupt_checkpoint_raises_checkpoint_error(tmp_path, data, small_settin
         load_checkpoint(path)
     assert str(path) in str(err.value)
     with pytest.raises(CheckpointError) as err:
-        Trainer(cfg, data, tmp_path, progress=False).resume()
+        trainer_for(cfg, data, tmp_path).resume()
     assert str(path) in str(err.value)
 
 
@@ -189,27 +197,27 @@ def test_missing_foreign_and_newer_checkpoints(tmp_path):
 
 def test_resume_refuses_other_data(tmp_path, data, small_settings):
     cfg = make_cfg(small_settings, epochs=1)
-    Trainer(cfg, data, tmp_path, progress=False).fit()
+    trainer_for(cfg, data, tmp_path).fit()
     other = with_validation(make_synthetic(n_users=120, n_items=80, mean_degree=10, seed=2), 0.2, seed=5)
     assert other.fingerprint() != data.fingerprint()
     with pytest.raises(CheckpointError, match="other data") as err:
-        Trainer(cfg, other, tmp_path, progress=False).resume()
+        trainer_for(cfg, other, tmp_path).resume()
     assert str(tmp_path / "checkpoint.pt") in str(err.value)
 
 
-@pytest.mark.parametrize("change", [{"dim": 8}, {"lr": 0.02}, {"model": "mf"}, {"seed": 8}])
+@pytest.mark.parametrize("change", [{"dim": 8}, {"lr": 0.02}, {"model": "hqgnn"}, {"layers": 0}, {"seed": 8}])
 def test_resume_refuses_other_settings(tmp_path, data, small_settings, change):
-    Trainer(make_cfg(small_settings, epochs=1), data, tmp_path, progress=False).fit()
+    trainer_for(make_cfg(small_settings, epochs=1), data, tmp_path).fit()
     (key, value), = change.items()
     with pytest.raises(CheckpointError) as err:
-        Trainer(make_cfg(small_settings, epochs=3, **change), data, tmp_path, progress=False).resume()
+        trainer_for(make_cfg(small_settings, epochs=3, **change), data, tmp_path).resume()
     msg = str(err.value)
     assert str(tmp_path / "checkpoint.pt") in msg and f"this run asks for {key}={value!r}" in msg
 
 
 def test_resume_accepts_a_new_budget(tmp_path, data, small_settings):
-    Trainer(make_cfg(small_settings, epochs=1), data, tmp_path, progress=False).fit()
-    t = Trainer(make_cfg(small_settings, epochs=5, patience=3, eval_batch_size=7), data, tmp_path, progress=False)
+    trainer_for(make_cfg(small_settings, epochs=1), data, tmp_path).fit()
+    t = trainer_for(make_cfg(small_settings, epochs=5, patience=3, eval_batch_size=7), data, tmp_path)
     t.resume()
     assert t.epoch == 1
 
@@ -239,7 +247,7 @@ def test_atomic_path_success_replaces_target(tmp_path):
 
 
 def test_checkpoint_write_failure_keeps_previous_checkpoint(tmp_path, data, small_settings, monkeypatch):
-    trainer = Trainer(make_cfg(small_settings, epochs=1), data, tmp_path, progress=False)
+    trainer = trainer_for(make_cfg(small_settings, epochs=1), data, tmp_path)
     trainer.fit()
     before = (tmp_path / "checkpoint.pt").read_bytes()
     real_save = torch.save
@@ -262,20 +270,20 @@ def test_checkpoint_write_failure_keeps_previous_checkpoint(tmp_path, data, smal
 
 # ---------------------------------------------------------------- seeding
 def test_same_seed_same_run_other_seed_other_run(data, small_settings):
-    a = Trainer(make_cfg(small_settings, epochs=2), data, None, progress=False)
+    a = trainer_for(make_cfg(small_settings, epochs=2), data)
     ma = a.fit()
-    b = Trainer(make_cfg(small_settings, epochs=2), data, None, progress=False)
+    b = trainer_for(make_cfg(small_settings, epochs=2), data)
     mb = b.fit()
     assert_same_weights(weights(a), weights(b))
     assert without_timing(a.history) == without_timing(b.history)
     assert ma["recall@20"] == mb["recall@20"]
-    c = Trainer(make_cfg(small_settings, epochs=2, seed=8), data, None, progress=False)
+    c = trainer_for(make_cfg(small_settings, epochs=2, seed=8), data)
     c.fit()
     assert not torch.equal(weights(a)["encoder.embedding"], weights(c)["encoder.embedding"])
 
 
 def test_training_reduces_the_loss(data, small_settings):
-    trainer = Trainer(make_cfg(small_settings, epochs=6, lr=0.02), data, None, progress=False)
+    trainer = trainer_for(make_cfg(small_settings, epochs=6, lr=0.02), data)
     trainer.fit()
     losses = [h["loss"] for h in trainer.history]
     assert losses[-1] < losses[0] * 0.9
@@ -400,7 +408,7 @@ def test_lr_1e30_fails_with_one_line_and_writes_no_results(tmp_path, capsys, mod
 def test_nan_loss_stops_before_its_step_and_keeps_the_last_checkpoint(tmp_path, data, small_settings, monkeypatch):
     from hqgnn.errors import TrainingDiverged
 
-    trainer = Trainer(make_cfg(small_settings, epochs=5, eval_every=2), data, tmp_path, progress=False)
+    trainer = trainer_for(make_cfg(small_settings, epochs=5, eval_every=2), data, tmp_path)
     real_loss = trainer.model.loss
 
     def loss(*args):
@@ -424,7 +432,7 @@ def test_nonfinite_weights_after_an_epoch_stop_training(tmp_path, data, small_se
     from hqgnn.errors import TrainingDiverged
 
     # one batch per epoch: the poisoned weight is seen by the end-of-epoch check, not by a later loss
-    trainer = Trainer(make_cfg(small_settings, epochs=4, batch_size=100000), data, tmp_path, progress=False)
+    trainer = trainer_for(make_cfg(small_settings, epochs=4, batch_size=100000), data, tmp_path)
     real_step = trainer.optimizer.step
 
     def step(*args, **kwargs):
@@ -448,7 +456,7 @@ def test_nonfinite_weights_after_an_epoch_stop_training(tmp_path, data, small_se
 def test_nonfinite_gste_delta_estimate_stops_training(tmp_path, data, small_settings, monkeypatch):
     from hqgnn.errors import TrainingDiverged
 
-    trainer = Trainer(make_cfg(small_settings, model="hqgnn", bits=2, epochs=2), data, None, progress=False)
+    trainer = trainer_for(make_cfg(small_settings, model="hqgnn", bits=2, epochs=2), data)
     monkeypatch.setattr(trainer.model, "update_deltas", lambda ctx: {"delta_user": float("nan"), "delta_item": 0.1})
     with pytest.raises(TrainingDiverged) as err:
         trainer.fit()
@@ -462,8 +470,8 @@ def test_nonfinite_weights_are_refused_at_load(tmp_path, data, small_settings, c
     from hqgnn.cli import main
 
     cfg = make_cfg(small_settings, epochs=1)
-    Trainer(cfg, data, tmp_path, progress=False).fit()
-    n = Trainer(cfg, data, None, progress=False).model.encoder.embedding.numel()
+    trainer_for(cfg, data, tmp_path).fit()
+    n = trainer_for(cfg, data).model.encoder.embedding.numel()
     for name in ("model.pt", "checkpoint.pt"):
         path = tmp_path / name
         state = torch.load(path, weights_only=False)
@@ -474,7 +482,7 @@ def test_nonfinite_weights_are_refused_at_load(tmp_path, data, small_settings, c
         assert str(err.value) == (f"{path}: non-finite weights: model.encoder.embedding holds 1 NaN and 2 inf of "
                                   f"its {n} values (written by a diverged run; retrain it with a lower lr)")
     with pytest.raises(CheckpointError, match="checkpoint.pt: non-finite weights: model.encoder.embedding"):
-        Trainer(cfg, data, tmp_path, progress=False).resume()
+        trainer_for(cfg, data, tmp_path).resume()
     with pytest.raises(CheckpointError, match="model.pt: non-finite weights: model.encoder.embedding"):
         Recommender.load(tmp_path, data=data)
     # the CLI: one line, exit 2, no artifact
@@ -495,14 +503,14 @@ def test_nonfinite_weights_are_refused_at_load(tmp_path, data, small_settings, c
 def test_finish_refuses_nonfinite_weights_and_overflowing_scores(tmp_path, data, small_settings):
     from hqgnn.errors import NonFiniteScores, TrainingDiverged
 
-    trainer = Trainer(make_cfg(small_settings, epochs=1), data, tmp_path, progress=False)
+    trainer = trainer_for(make_cfg(small_settings, epochs=1), data, tmp_path)
     trainer.fit()
     before = {name: (tmp_path / name).read_bytes() for name in ("metrics.json", "model.pt", "checkpoint.pt")}
     with torch.no_grad():
         trainer.model.encoder.embedding[0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="epoch 1: non-finite weights at the end of training: "
                                                "model.encoder.embedding holds 1 NaN"):
-        trainer.finish()  # what Recommender.save runs
+        trainer.finish()  # what fit() ends with
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     # finite but huge: every score overflows float32, so no ranking (and no metrics) from it
     with torch.no_grad():

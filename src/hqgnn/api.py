@@ -6,13 +6,13 @@
     >>> items, scores = rec.recommend([0, 1], k=10)
     >>> rec2 = Recommender.load("runs/demo")
 
-``fit`` writes a run folder (see ``hqgnn.training``) when ``out_dir`` is given;
-``load`` reads one back.
+``fit`` trains (:mod:`hqgnn.training`) and writes a run folder (:mod:`hqgnn.runs`) when
+``out_dir`` is given; ``load`` reads one back: it builds the model from the run's config
+(:func:`hqgnn.models.build_model`) and reads its weights, without the trainer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -22,7 +22,8 @@ import torch
 from .config import Config
 from .data import SYNTHETIC, InteractionData, check_trainable, load_dataset, with_validation
 from .errors import CheckpointError, ConfigError, DataError
-from .training import Trainer, evaluate_model, load_checkpoint, resolve_device
+from .models import build_graph, build_model, initial_model, load_weights, resolve_device, use_threads
+from .runs import CHECKPOINT, MODEL, RunFolder
 
 
 def prepare_data(cfg: Config, spec: Optional[str] = None, check: bool = True) -> InteractionData:
@@ -54,17 +55,39 @@ def prepare_data(cfg: Config, spec: Optional[str] = None, check: bool = True) ->
 
 
 class Recommender:
-    """A trained (or trainable) model with its data, in the shape of ``implicit``'s models."""
+    """A trained (or trainable) recommender with its data, in the shape of ``implicit``'s models.
 
-    def __init__(self, model: str = "lightgcn", config: Optional[Union[str, Config]] = None, **settings):
+    >>> rec = Recommender(config="configs/ml-1m-hqgnn.yaml", bits=2)     # the file's model: hqgnn
+    >>> rec.fit("../shared/data/ml-1m", out_dir="runs/ml-1m-hq2")
+    >>> items, scores = rec.recommend([0, 1], k=10)
+
+    Args:
+        model: the method (``lightgcn``, ``hqgnn``, ``ste``, ``hashgnn``, ``bigear``, ``ptq``,
+            ``lsh``; ``mf`` reads as ``lightgcn`` with ``layers=0``). None (the default) keeps
+            the config file's, else :class:`~hqgnn.config.Config`'s default ``lightgcn``.
+        config: a YAML file of settings or a :class:`~hqgnn.config.Config`.
+        **settings: any other setting (``bits=4``, ``epochs=50``, ...), over the file's.
+
+    Attributes (after :meth:`fit` or :meth:`load`): ``cfg``; ``data``; ``model`` (the
+    trained :class:`~hqgnn.models.ScoringModel`); ``adj``, its graph; ``metrics``, the test
+    metrics of ``metrics.json`` (None for a loaded run without one); ``trainer``, the
+    :class:`~hqgnn.training.Trainer` of :meth:`fit` (None after :meth:`load`).
+
+    Raises :class:`~hqgnn.errors.ConfigError` for an unknown setting or a value out of range.
+    """
+
+    def __init__(self, model: Optional[str] = None, config: Optional[Union[str, Config]] = None, **settings):
         if isinstance(config, Config):
             base = config
         else:
             base = Config.load(config) if config else Config()
-        self.cfg = base.updated({"model": model, **settings}, "Recommender()").validate()
-        self.trainer: Optional[Trainer] = None
+        values = settings if model is None else {"model": model, **settings}
+        self.cfg = base.updated(values, "Recommender()").validate()
+        self.trainer = None
         self.data: Optional[InteractionData] = None
         self.metrics: Optional[dict] = None
+        self.adj: Optional[torch.Tensor] = None
+        self._model = None
 
     # ------------------------------------------------------------ training
     def fit(
@@ -74,16 +97,40 @@ class Recommender:
         resume: bool = False,
         progress: bool = True,
     ) -> dict:
+        """Train on ``data`` and return the test metrics of the reported weights.
+
+        Args:
+            data: an :class:`~hqgnn.data.InteractionData`, or what the setting ``data`` takes
+                (a LightGCN folder, a table file, ``"synthetic"``), loaded with the config's
+                preprocessing and split settings (:func:`prepare_data`).
+            out_dir: the run folder to write (:mod:`hqgnn.runs`); None writes nothing.
+            resume: continue the run in ``out_dir`` from its ``checkpoint.pt`` (same settings
+                but the budgets), instead of starting afresh (from ``from_run``'s E^0 when set).
+            progress: show a progress bar.
+
+        Returns: ``{"recall@K", "ndcg@K", "precision@K", "hit_rate@K" for K in ks, "split",
+        "test_users", "model", "epochs", "train_seconds", "selected_by", "bits", "dim", ...}``
+        (what ``metrics.json`` holds).
+
+        Raises: :class:`~hqgnn.errors.DataError` (data that cannot be trained on),
+        :class:`~hqgnn.errors.CheckpointError` (nothing to resume, a checkpoint or ``from_run``
+        that does not fit), :class:`~hqgnn.errors.TrainingDiverged` (NaN / inf).
+        """
+        from .training import Trainer  # the trainer is imported to train, never to load
+
+        if resume and (out_dir is None or not (Path(out_dir) / CHECKPOINT).is_file()):
+            raise CheckpointError(f"{out_dir}: nothing to resume (no {CHECKPOINT})")
         if isinstance(data, InteractionData):
             self.data = data
         else:
             self.cfg = self.cfg.updated({"data": str(data)}, "fit()")
             self.data = prepare_data(self.cfg)
+        use_threads(self.cfg.threads)
         # a resumed run takes E0 from its checkpoint, not from the run it started from
-        self.trainer = Trainer(self.cfg, self.data, out_dir, progress=progress, start_from_run=not resume)
+        model = build_model(self.cfg, self.data.n_users, self.data.n_items) if resume else initial_model(self.cfg, self.data)
+        self.trainer = Trainer(self.cfg, model, self.data, out_dir, progress=progress)
+        self._model, self.adj = self.trainer.model, self.trainer.adj
         if resume:
-            if out_dir is None or not (Path(out_dir) / "checkpoint.pt").is_file():
-                raise CheckpointError(f"{out_dir}: nothing to resume (no checkpoint.pt)")
             self.trainer.resume()
         self.metrics = self.trainer.fit()
         return self.metrics
@@ -91,61 +138,91 @@ class Recommender:
     # ------------------------------------------------------------ loading
     @classmethod
     def load(cls, run_dir: Union[str, Path], data: Optional[Union[str, InteractionData]] = None, device: str = "cpu") -> "Recommender":
-        run_dir = Path(run_dir)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():
-            raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml)")
-        cfg = Config.load(cfg_path).updated({"device": device}, "load()")
-        state = load_checkpoint(run_dir / "model.pt")
+        """The trained model of a run folder, ready to evaluate and recommend (no trainer is built).
+
+        Args:
+            run_dir: a run folder written by :meth:`fit` / ``hqgnn train`` (this version's or an
+                older one's: old spellings of its ``config.yaml`` are read, :class:`~hqgnn.config.Config`).
+            data: the run's data: an :class:`~hqgnn.data.InteractionData`, or a path when it
+                moved; None reloads what the run's config names.
+            device: where the model runs (``"cpu"``, ``"cuda"``, ``"auto"``).
+
+        Raises: :class:`~hqgnn.errors.CheckpointError` when ``run_dir`` is no run folder, its
+        ``model.pt`` is missing, damaged, holds NaN / inf, does not match the config, or was
+        trained on other data than ``data``; :class:`~hqgnn.errors.DataError` for the data.
+        """
+        run = RunFolder(run_dir)
+        cfg = run.read_config().updated({"device": device}, "load()")
+        state = run.read_model()
         obj = cls.__new__(cls)
         obj.cfg = cfg
         obj.data = data if isinstance(data, InteractionData) else prepare_data(cfg, data)
         if state["data_fingerprint"] != obj.data.fingerprint():
             raise CheckpointError(
-                f"{run_dir / 'model.pt'}: trained on other data (fingerprint {state['data_fingerprint']}, "
+                f"{run.file(MODEL)}: trained on other data (fingerprint {state['data_fingerprint']}, "
                 f"given data {obj.data.fingerprint()})"
             )
-        obj.trainer = Trainer(cfg, obj.data, None, progress=False, start_from_run=False)
-        try:
-            obj.trainer.model.load_state_dict(state["model"])
-        except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{run_dir / 'model.pt'}: does not match its config: {str(exc).splitlines()[0]}") from None
-        obj.metrics = None
+        use_threads(cfg.threads)
+        model = build_model(cfg, obj.data.n_users, obj.data.n_items)
+        load_weights(model, state, run.file(MODEL))
+        target = resolve_device(device)
+        obj._model = model.to(target)
+        obj.adj = build_graph(model, obj.data.train, target)
+        obj.trainer = None
+        obj.metrics = run.read_metrics()
         return obj
 
     def save(self, run_dir: Union[str, Path]) -> None:
-        """Write the run folder (config, weights, metrics) to ``run_dir``."""
+        """Write the model to the run folder ``run_dir``: ``config.yaml``, ``model.pt`` (the
+        weights), ``data.json``, and ``metrics.json`` when the metrics are known (from
+        :meth:`fit`, or the loaded run's). Evaluates nothing: :meth:`load` reads it back.
+
+        Raises :class:`~hqgnn.errors.CheckpointError` (writing no weights) when a weight is NaN / inf."""
         self._need_model()
-        self.trainer.out_dir = Path(run_dir)
-        self.trainer.out_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.trainer.out_dir / "config.yaml")
-        self.metrics = self.trainer.finish()
+        run = RunFolder(run_dir)
+        run.write_config(self.cfg)
+        run.write_model(self.cfg.to_dict(), self._model.state_dict(), self.data)
+        run.write_data(self.data)
+        if self.metrics is not None:
+            run.write_metrics(self.metrics)
 
     # ------------------------------------------------------------ use
     def _need_model(self) -> None:
-        if self.trainer is None:
+        if self._model is None:
             raise ConfigError("the model is not trained: call fit() or Recommender.load()")
 
     @property
     def model(self):
+        """The trained model (:class:`~hqgnn.models.ScoringModel`); ConfigError before fit / load."""
         self._need_model()
-        return self.trainer.model
+        return self._model
 
     def evaluate(self, split: str = "test", ks: Optional[Sequence[int]] = None) -> dict:
+        """Full-ranking metrics of the model on ``split`` (``"test"`` or ``"valid"``), with the
+        protocol's masking (:func:`hqgnn.evaluation.excluded_for`: training items, and validation
+        items when scoring test).
+
+        ``ks``: the cut-offs (default: the config's). Returns ``{"recall@K", "ndcg@K",
+        "precision@K", "hit_rate@K" for K in ks, "users", "split"}``, averaged over the users
+        with a ``split`` item. Raises :class:`~hqgnn.errors.ConfigError` (bad ``ks``, no model),
+        :class:`~hqgnn.errors.DataError` (no such split, or no user in it),
+        :class:`~hqgnn.errors.NonFiniteScores`."""
+        from .evaluation import evaluate_model
+
         self._need_model()
         cfg = self.cfg
         if ks is not None:
             if not ks or any(int(k) < 1 for k in ks):
                 raise ConfigError(f"ks={list(ks)!r}: expected integers >= 1")
-            cfg = dataclasses.replace(cfg, ks=[int(k) for k in ks])
-        out = evaluate_model(self.trainer.model, self.trainer.adj, self.data, split, cfg)
+            ks = [int(k) for k in ks]
+        out = evaluate_model(self._model, self.adj, self.data, split, ks=ks or cfg.ks, batch_size=cfg.eval_batch_size)
         out["split"] = split
         return out
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The scoring embeddings (dequantized for quantized models)."""
+        """The scoring embeddings ``(n_users, d')`` and ``(n_items, d')`` (dequantized for quantized models)."""
         self._need_model()
-        return self.trainer.model.eval_embeddings(self.trainer.adj)
+        return self._model.eval_embeddings(self.adj)
 
     def user_index(self, user_ids: Sequence) -> np.ndarray:
         """Dense indices of original user ids."""
@@ -160,7 +237,8 @@ class Recommender:
         (:func:`hqgnn.export.model_codes`, the original ids, and the seen items of
         :func:`hqgnn.evaluation.seen_items`), so the API, the CLI, the artifact engine
         and the HTTP server give one answer. Cached: rebuilt only when the model, its
-        graph or any of its weights change (a new ``fit``, ``load``, or edited weights).
+        graph or any of its weights change (a new ``fit``, ``load``, or edited weights);
+        building propagates the graph once, a cached answer not at all.
         """
         from .evaluation import seen_items
         from .export import model_codes
@@ -171,7 +249,7 @@ class Recommender:
         cached = getattr(self, "_index_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        model, adj, data = self.trainer.model, self.trainer.adj, self.data
+        model, adj, data = self._model, self.adj, self.data
         try:
             codes = model_codes(model, adj)
         except ConfigError:  # a model the integer index cannot serve (bigear): its float scoring embeddings
@@ -191,7 +269,7 @@ class Recommender:
         return index
 
     def _index_key(self) -> tuple:
-        model, adj = self.trainer.model, self.trainer.adj
+        model, adj = self._model, self.adj
         tensors = model.state_dict(keep_vars=True).values()
         return id(model), id(adj), id(self.data), tuple((id(t), t._version) for t in tensors)
 
@@ -203,18 +281,26 @@ class Recommender:
         (``exclude_seen``) are training + validation interactions
         (:func:`hqgnn.evaluation.seen_items`). Ties go to the lower item index.
 
+        Args:
+            user_ids: original user ids (a sequence or array of ``q`` ids, or one id).
+            k: how many items per user, 1 .. n_items.
+            exclude_seen: leave out each user's seen items.
+
         Returns a :class:`TopK`: it unpacks as ``items, scores``, each of shape
         ``(len(user_ids), k)``. **Fewer than k:** a user with fewer than ``k`` eligible
         (unseen) items gets them all, best first, then padding: item id ``-1`` (``""``
         where item ids are strings) with score ``-inf``. ``result.found[r]`` is how many
         real items row ``r`` holds and ``result.valid`` is the ``(q, k)`` mask of them.
+
+        Raises :class:`~hqgnn.errors.DataError` for ``k`` out of range, and the engine's
+        error naming an unknown user id; :class:`~hqgnn.errors.ConfigError` before fit / load.
         """
         self._need_model()
         n_items = self.data.n_items
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n_items:
             raise DataError(f"k={k!r} is out of range: expected 1 .. {n_items}")
         recs = self.index().recommend(np.atleast_1d(np.asarray(user_ids)), k=int(k), exclude_seen=exclude_seen)
-        return TopK(recs.items, recs.values, recs.valid)
+        return TopK(recs.items, recs.scores, recs.valid)
 
 
 class TopK(tuple):

@@ -43,7 +43,7 @@ def cmd_train(args) -> int:
         raise HQGNNError(f"{out}: a finished run is already there (use --resume to continue it or --overwrite)")
     if out.exists() and (out / "checkpoint.pt").exists() and not args.resume and not args.overwrite:
         raise HQGNNError(f"{out}: holds a checkpoint of an unfinished run (use --resume to continue it or --overwrite)")
-    rec = Recommender(config=cfg, model=cfg.model)
+    rec = Recommender(config=cfg)
     data = prepare_data(cfg)  # bad data or settings fail here, before --overwrite removes anything
     if args.overwrite and not args.resume:
         clear_run(out)  # a diverged or interrupted rerun must not leave the old results beside its own
@@ -70,40 +70,11 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Train LightGCN and 1-bit / 4-bit HQ-GNN on the embedded synthetic data; print a table."""
-    from .api import Recommender
-    from .config import Config
-    from .evaluation import evaluate_popularity
+    """Train, export and time LightGCN, 4-bit and 1-bit HQ-GNN on the embedded synthetic data; print a table."""
+    from .demo import run_demo
 
-    base = Config.load(args.config or _default_config("synthetic-demo.yaml"), args.set, {"data": "synthetic", "device": args.device})
-    out = Path(args.out)
-    rows = []
-    data = None
-    for name, settings in (("lightgcn", {"model": "lightgcn"}), ("hqgnn 4-bit", {"model": "hqgnn", "bits": 4}), ("hqgnn 1-bit", {"model": "hqgnn", "bits": 1})):
-        rec = Recommender(config=base, **settings)
-        if data is None:
-            from .api import prepare_data
-
-            data = prepare_data(base)
-        m = rec.fit(data, out_dir=out / name.replace(" ", "-"), progress=not args.quiet)
-        rows.append((name, m))
-    from .training import excluded_for
-
-    pop = evaluate_popularity(data.train, data.test, excluded_for("test", data), ks=base.ks)
-    rows.append(("popularity", pop))
-    print(f"\nsynthetic data: {data.n_users} users, {data.n_items} items, {data.train.nnz} training interactions (test split)")
-    print(f"{'model':<14}{'recall@20':>11}{'ndcg@20':>10}{'recall@50':>11}{'ndcg@50':>10}{'seconds':>9}")
-    for name, m in rows:
-        print(f"{name:<14}{m['recall@20']:>11.4f}{m['ndcg@20']:>10.4f}{m['recall@50']:>11.4f}{m['ndcg@50']:>10.4f}{m.get('train_seconds', 0):>9.1f}")
-    print(f"\nruns written under {out}/")
+    run_demo(args.out, config=args.config, overrides=args.set, device=args.device, quiet=args.quiet)
     return 0
-
-
-def _default_config(name: str) -> Optional[str]:
-    from importlib import resources
-
-    path = resources.files("hqgnn") / "default_configs" / name
-    return str(path) if path.is_file() else None
 
 
 def cmd_export(args) -> int:
@@ -155,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and write a run folder")
     t.add_argument("--data", help="LightGCN folder (train.txt/test.txt), .inter/.csv/.tsv/.parquet file, or 'synthetic'")
-    t.add_argument("--model", help="lightgcn | mf | hqgnn | ste | hashgnn | bigear | lsh | ptq")
+    t.add_argument("--model", help="lightgcn | hqgnn | ste | hashgnn | bigear | lsh | ptq (matrix factorisation: "
+                                   "--set layers=0; mf reads as lightgcn with layers 0)")
     t.add_argument("--bits", type=int, help="bit width 1..8 of the quantized models")
     t.add_argument("--out", required=True, help="run folder to write")
     t.add_argument("--config", help="YAML file of settings")
@@ -163,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--epochs", type=int)
     t.add_argument("--device", help="auto | cpu | cuda")
-    t.add_argument("--from", dest="from_run", help="trained lightgcn or mf run folder: what lsh and ptq quantize; the trained quantized models start from it")
+    t.add_argument("--from", dest="from_run", help="trained full-precision (lightgcn) run folder: what lsh and ptq quantize; the trained quantized models start from it")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -184,12 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     ds.set_defaults(func=cmd_data_stats)
 
-    m = sub.add_parser("demo", help="train and evaluate on the embedded synthetic data set")
-    m.add_argument("--out", default="runs/demo")
-    m.add_argument("--config")
-    m.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
+    m = sub.add_parser("demo", help="train, export and time LightGCN and 4-/1-bit HQ-GNN on the embedded synthetic data")
+    m.add_argument("--out", default="runs/demo", help="folder of the run folders and artifacts/ (default: runs/demo)")
+    m.add_argument("--config", help="YAML file of settings applied to every model over its bundled ones "
+                                    "(default_configs/synthetic-demo-*.yaml); the model and bit width stay each row's own")
+    m.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override settings of every model, e.g. --set epochs=5 synthetic_users=500")
     m.add_argument("--device", default="auto")
-    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--quiet", action="store_true", help="no progress lines or bars: only the table")
     m.set_defaults(func=cmd_demo)
 
     x = sub.add_parser("export", help="write a self-describing artifact of a trained run")

@@ -1,6 +1,6 @@
 """Run settings, layered as in RecBole: defaults < YAML file < command line (--set key=value).
 
-Every setting is a field of ``Config`` with a type and a valid range; an
+Every setting is a field of :class:`Config` with a type and a valid range; an
 unknown key or an out-of-range value raises ``ConfigError`` naming both.
 """
 
@@ -17,8 +17,10 @@ import yaml
 
 from .errors import ConfigError
 
-MODELS = ("lightgcn", "mf", "hqgnn", "ste", "hashgnn", "bigear", "lsh", "ptq")
+#: the methods (setting ``model``), one spelling each; :data:`hqgnn.models.METHODS` holds their classes
+MODELS = ("lightgcn", "hqgnn", "ste", "hashgnn", "bigear", "lsh", "ptq")
 QUANTIZED_MODELS = ("hqgnn", "ste", "hashgnn", "bigear", "lsh", "ptq")
+#: full-precision models, as settings and experiment cells spell them (``mf``: lightgcn with 0 layers)
 FULL_PRECISION_MODELS = ("lightgcn", "mf")
 ONE_BIT_MODELS = ("hashgnn", "bigear", "lsh")  # sign codes only: --bits does not apply
 POST_HOC_MODELS = ("lsh", "ptq")
@@ -26,15 +28,38 @@ POST_HOC_MODELS = ("lsh", "ptq")
 
 @dataclass
 class Config:
+    """Every setting of a run, with its default; :meth:`load` layers files and flags over them.
+
+    >>> cfg = Config.load("configs/ml-1m-hqgnn.yaml", overrides=["bits=2"], extra={"data": "synthetic"})
+
+    Groups: the method and its encoder (``model``, ``dim``, ``layers``, ...), quantization
+    (``bits``, ``scale_mode``, the GSTE's ``delta_*`` and ``hutchinson_*``, docs/method.md,
+    'Quantizer' and 'GSTE'), training (``epochs``, ``lr``, ``batch_size``, ...; 'Training'),
+    evaluation (``ks``, ``eval_split``; 'Protocol') and data (``data``, splits,
+    preprocessing). Only :func:`hqgnn.models.build_model` turns the method settings into a
+    model; the trainer reads the training settings.
+
+    One spelling each; old spellings (run folders and configs written before) still read,
+    and :meth:`validate` rewrites them, so a saved ``config.yaml`` holds the one spelling:
+
+    * ``model: mf`` is ``model: lightgcn, layers: 0`` (matrix factorisation is LightGCN without
+      propagation; any ``layers`` / ``layer_weights`` beside it are dropped, as they always were).
+    * the STE is ``model: ste``; ``estimator: ste`` (with ``model: hqgnn``) reads as that, and
+      ``estimator: gste`` (the old default) as nothing. ``delta_scale: 0`` is an ablation knob of
+      ``hqgnn``: it trains exactly as ``ste`` (and still spends the trace estimates).
+
+    Raises (from :meth:`load`, :meth:`updated`, :meth:`validate`):
+    :class:`~hqgnn.errors.ConfigError` naming the setting, the value and where it came from.
+    """
+
     # model
-    model: str = "lightgcn"
+    model: str = "lightgcn"  # the method: lightgcn | hqgnn | ste | hashgnn | bigear | lsh | ptq
     dim: int = 64
-    layers: int = 3
+    layers: int = 3  # LightGCN propagation depth; 0 is matrix factorisation
     layer_weights: Optional[list] = None
     init_std: float = 0.1
     # quantization (models hqgnn, ste, hashgnn, bigear, lsh, ptq)
     bits: int = 4
-    estimator: str = "gste"  # gste | ste (hqgnn); ste is the delta = 0 ablation
     scale_mode: str = "calibrated"  # calibrated (from each forward's statistics) | learned (LSQ gradient)
     fp_loss_weight: float = 0.0  # weight of an extra full-precision BPR term (ablation)
     ste_window: float = 1.0  # the straight-through gradient passes where |x| <= window * the grid's range
@@ -42,7 +67,8 @@ class Config:
     hutchinson_tol: float = 1e-3
     hutchinson_batches: int = 3
     delta_every: int = 10  # epochs between Hessian-trace estimates
-    # multiplies the estimated delta: 1 is METHOD.md's formula, 0 is the STE; an ablation knob.
+    # multiplies the estimated delta: 1 is the formula of docs/method.md ('GSTE'), 0 trains as
+    # model ste; an ablation knob.
     # A negative value reverses the GSTE's correction (a diagnostic of its direction, not the method)
     delta_scale: float = 1.0
     delta_warmup: int = 0  # epochs with delta = 0 before the first estimate
@@ -96,21 +122,26 @@ class Config:
     synthetic_users: int = 3000
     synthetic_items: int = 2000
     synthetic_seed: int = 0
+    # an old spelling, read and resolved by validate(), never written: see the class docstring
+    estimator: Optional[str] = field(default=None, repr=False, compare=False, metadata={"alias": True})
 
     # ------------------------------------------------------------ validation
     def validate(self) -> "Config":
+        """Check every setting (raises :class:`~hqgnn.errors.ConfigError` naming the first one out
+        of range) after rewriting old spellings in place (see the class docstring); returns self."""
+        self._resolve_aliases()
+
         def need(cond: bool, key: str, expect: str) -> None:
             if not cond:
                 raise ConfigError(f"setting {key}={getattr(self, key)!r} is out of range: expected {expect}")
 
-        need(self.model in MODELS, "model", " | ".join(MODELS))
+        need(self.model in MODELS, "model", " | ".join(MODELS) + " (or mf: lightgcn with layers 0)")
         need(self.dim >= 1, "dim", ">= 1")
         need(self.layers >= 0, "layers", ">= 0")
         if self.layer_weights is not None:
             need(len(self.layer_weights) == self.layers + 1, "layer_weights", f"a list of layers + 1 = {self.layers + 1} numbers")
         need(self.init_std > 0, "init_std", "> 0")
         need(1 <= self.bits <= 8, "bits", "an integer from 1 to 8")
-        need(self.estimator in ("gste", "ste"), "estimator", "gste | ste")
         need(self.scale_mode in ("learned", "calibrated"), "scale_mode", "learned | calibrated")
         need(self.fp_loss_weight >= 0, "fp_loss_weight", ">= 0")
         need(self.ste_window > 0, "ste_window", "> 0")
@@ -163,9 +194,21 @@ class Config:
                               f"(only to {', '.join(QUANTIZED_MODELS)})")
         return self
 
+    def _resolve_aliases(self) -> None:
+        if self.estimator is not None:
+            if self.estimator not in ("gste", "ste"):
+                raise ConfigError(f"setting estimator={self.estimator!r} is out of range: it is no longer a setting "
+                                  f"(for the straight-through estimator write model: ste)")
+            if self.estimator == "ste" and self.model == "hqgnn":
+                self.model = "ste"
+            self.estimator = None
+        if self.model == "mf":
+            self.model, self.layers, self.layer_weights = "lightgcn", 0, None
+
     # ------------------------------------------------------------ layering
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as a plain dict (what ``config.yaml`` holds): every field but the old spellings."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _ALIASES}
 
     def updated(self, values: dict, origin: str) -> "Config":
         known = {f.name: f for f in dataclasses.fields(self)}
@@ -178,7 +221,10 @@ class Config:
 
     @classmethod
     def load(cls, path: Optional[str] = None, overrides: Optional[list] = None, extra: Optional[dict] = None) -> "Config":
-        """Defaults, then the YAML file, then ``extra`` (named CLI flags), then ``--set`` pairs."""
+        """Defaults, then the YAML file (and the files its ``base:`` names, base first), then
+        ``extra`` (named CLI flags; None values are skipped), then ``--set`` pairs (``"key=value"``,
+        values read as YAML); validated. Raises :class:`~hqgnn.errors.ConfigError`: a missing or
+        invalid file, an unknown setting, a value of the wrong type or out of range."""
         cfg = cls()
         if path:
             for file, values in read_config_chain(path):
@@ -193,6 +239,9 @@ class Config:
         from .storage import write_text_atomic
 
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_ALIASES = {f.name for f in dataclasses.fields(Config) if f.metadata.get("alias")}
 
 
 def read_yaml(path) -> dict:

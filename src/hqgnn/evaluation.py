@@ -1,10 +1,16 @@
-"""Full-ranking evaluation (METHOD.md section 6).
+"""Full-ranking evaluation and its protocol (docs/method.md, 'Protocol').
 
 For every user with at least one held-out item: score all items, mask the
-items the user already has (training, and validation when scoring test), take
-the top max(K), and compute Recall / NDCG / Precision / HitRate at each K.
-Users are processed in batches on the device; the caller computes the final
-embeddings once per evaluation, so propagation is never repeated per batch.
+items the user already has (:func:`excluded_for`: training, and validation when
+scoring test), take the top max(K), and compute Recall / NDCG / Precision /
+HitRate at each K. Users are processed in batches on the device; the caller
+computes the final embeddings once per evaluation, so propagation is never
+repeated per batch.
+
+The protocol lives here, in one place: which split a run monitors
+(:func:`monitor_split`), which items each split masks (:func:`excluded_for`),
+which items a recommendation leaves out (:func:`seen_items`), and how a model
+is scored (:func:`evaluate_model`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .errors import DataError
+from .errors import DataError, NonFiniteScores
 
 METRICS = ("recall", "ndcg", "precision", "hit_rate")
 
@@ -38,6 +44,47 @@ def exclusion_mask(exclude: Sequence[sp.csr_matrix], rows: np.ndarray, device) -
         m = csr_rows_to_dense_mask(e, rows, device)
         mask = m if mask is None else mask | m
     return mask
+
+
+def monitor_split(eval_split: str, data) -> str:
+    """The split a run monitors (early stopping, best epoch): ``"valid"`` when the setting
+    ``eval_split`` asks for it and the data has a validation split, else ``"test"``."""
+    if eval_split == "valid" and data.valid is not None:
+        return "valid"
+    return "test"
+
+
+def excluded_for(split: str, data) -> list:
+    """The interaction matrices whose items are masked when ranking for ``split``:
+    training, plus validation when scoring test (a model never gets credit for an item it
+    was fit on or selected on). ``split``: ``"test"`` or ``"valid"``."""
+    if split == "test" and data.valid is not None:
+        return [data.train, data.valid]
+    return [data.train]
+
+
+def evaluate_model(model, adj: Optional[torch.Tensor], data, split: str, ks: Sequence[int] = (20, 50, 100),
+                   batch_size: int = 4096) -> dict:
+    """Full-ranking metrics of a model on ``split`` of ``data`` (:func:`excluded_for` masked).
+
+    ``model``: a :class:`hqgnn.models.ScoringModel`, ranked by its ``ranking_embeddings(adj)``
+    (integer code levels for quantized models, so evaluation ranks as the integer index does);
+    ``adj``: its graph (:func:`hqgnn.models.build_graph`). Returns ``{"recall@K", "ndcg@K",
+    "precision@K", "hit_rate@K" for K in ks, "users"}``, averaged over the users with a
+    ``split`` item.
+
+    Raises :class:`~hqgnn.errors.NonFiniteScores` when the scores could be NaN or inf
+    (:func:`hqgnn.finite.ranking_problem`): metrics of such a ranking would be meaningless;
+    :class:`~hqgnn.errors.DataError` when no user has a ``split`` item.
+    """
+    from .finite import ranking_problem
+
+    u, i, integer = model.ranking_embeddings(adj)
+    problem = ranking_problem(u, i)
+    if problem:
+        raise NonFiniteScores(f"cannot rank the {split} split: {problem}")
+    return evaluate_embeddings(u, i, data.split(split), excluded_for(split, data), ks=ks, batch_size=batch_size,
+                               integer_scores=integer, split=split)
 
 
 def seen_items(data) -> sp.csr_matrix:

@@ -18,7 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import HQGNNError
-from .index.engine import _py  # numpy scalar -> Python value, as the engine returns ids
+from .index.ids import check_k
+from .index.results import Recommendations
 
 
 def model_codes(model, adj) -> dict:
@@ -41,15 +42,21 @@ def model_codes(model, adj) -> dict:
 def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
     """Write the artifact of a trained run; returns a summary (sizes, checksum).
 
-    The artifact's exclusion matrix is :func:`hqgnn.evaluation.seen_items` (training +
-    validation interactions): what ``exclude_seen`` leaves out at every entry point.
+    The model is built from the run's config and its ``model.pt`` weights
+    (:meth:`hqgnn.api.Recommender.load`; no trainer). The artifact's exclusion matrix is
+    :func:`hqgnn.evaluation.seen_items` (training + validation interactions): what
+    ``exclude_seen`` leaves out at every entry point. ``data``: the run's data, if it moved.
+
+    Raises :class:`~hqgnn.errors.CheckpointError` (no run folder, damaged or non-finite
+    ``model.pt``, other data) and :class:`~hqgnn.errors.ConfigError` (a model the integer
+    index cannot serve: ``bigear``).
     """
     from .api import Recommender
     from .evaluation import seen_items
     from .index.artifact import export_from_arrays
 
     rec = Recommender.load(run_dir, data=data)
-    codes = model_codes(rec.model, rec.trainer.adj)
+    codes = model_codes(rec.model, rec.adj)
     data_ = rec.data
     return export_from_arrays(
         out_file,
@@ -68,9 +75,14 @@ def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
 
 
 class ArtifactRecommender:
-    """Recommendations from an exported artifact, with original ids.
+    """Recommendations from an exported artifact, with original ids: what the CLI and the HTTP server use.
 
-    Thread-safe for concurrent reads; ``popular(k)`` is the cold-start fallback.
+    ``path``: the artifact (read with its checksum verified, arrays memory-mapped);
+    ``backend``: the index backend (``"exact"``, or for 1-bit codes ``"faiss-flat"`` /
+    ``"faiss-hnsw"`` / ``"faiss-ivf"``; ``"faiss-flat"`` for float). Every answer is a
+    :class:`~hqgnn.index.results.Recommendations` (``.to_records()`` is the JSON form).
+    Thread-safe for concurrent reads. Raises :class:`~hqgnn.errors.CheckpointError` for a
+    missing or bad artifact, :class:`~hqgnn.errors.ConfigError` for a backend it cannot use.
     """
 
     def __init__(self, path, backend: str = "exact"):
@@ -94,42 +106,51 @@ class ArtifactRecommender:
     def n_items(self) -> int:
         return self.index.n_items
 
+    @property
+    def user_map(self):
+        """The users' :class:`~hqgnn.index.ids.IdMap` (parse, known, to_index)."""
+        return self.index.user_map
+
+    @property
+    def item_map(self):
+        """The items' :class:`~hqgnn.index.ids.IdMap`."""
+        return self.index.item_map
+
     def info(self) -> dict:
+        """The artifact and index, described: path, model, bits, dim, counts, format, sizes."""
         art = self.artifact
         return {"path": str(self.path), "model": art.model, "bits": art.bits, "dim": art.dim,
                 "n_users": self.n_users, "n_items": self.n_items, "file_bytes": art.file_size(),
                 "format_version": art.format_version, "data_fingerprint": art.data_fingerprint,
                 "index": repr(self.index), **self.index.memory_bytes()}
 
-    def check_k(self, k: int) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self.n_items:
-            raise HQGNNError(f"k={k!r} is out of range: expected 1 .. {self.n_items}")
-        return int(k)
+    def recommend(self, users: Sequence, k: int = 50, exclude_seen: bool = True) -> Recommendations:
+        """Top-``k`` items per original user id: ``(len(users), k)`` :class:`Recommendations`.
 
-    def recommend(self, users: Sequence, k: int = 50, exclude_seen: bool = True) -> list[dict]:
-        """Top-k per original user id: ``[{"user", "items", "scores", "found"}, ...]``.
-
-        ``scores``: the model's (dequantized); ``found``: how many items the answer holds,
-        ``k`` unless the user has fewer than ``k`` eligible items (then all of them: seen
-        items -- training + validation -- are excluded unless ``exclude_seen`` is False).
-        Approximate backends widen their search until the list is full.
+        ``scores`` are the model's (dequantized), ``queries`` the users in the artifact's own
+        id type (``"42"`` from a command line is 42); ``found``: how many items each row holds,
+        ``k`` unless the user has fewer than ``k`` eligible items (then all of them: seen items
+        -- training + validation -- are excluded unless ``exclude_seen`` is False).
+        Approximate backends widen their search until the list is full. Raises
+        :class:`~hqgnn.index.errors.RetrievalError` for an unknown user or ``k`` outside ``1 .. n_items``.
         """
-        k = self.check_k(k)
-        recs = self.index.recommend(list(users), k=k, exclude_seen=exclude_seen)
-        # echo each user in the artifact's own id type ("42" from a command line is 42)
-        canonical = self.index.user_map.to_ids(self.index.user_index(list(users)))
-        return [{"user": _py(u), "items": r["items"], "scores": r["values"], "found": len(r["items"])}
-                for u, r in zip(canonical, recs.to_records())]
+        k = check_k(k, self.n_items)
+        return self.index.recommend(list(users), k=k, exclude_seen=exclude_seen)
 
-    def similar(self, item, k: int = 20) -> dict:
-        k = self.check_k(min(k, self.n_items - 1) if k == self.n_items else k)
-        r = self.index.similar_items([item], k=k).to_records()[0]
-        canonical = self.index.item_map.to_ids(self.index.item_index([item]))[0]
-        return {"item": _py(canonical), "items": r["items"], "scores": r["values"]}
+    def similar(self, item, k: int = 20) -> Recommendations:
+        """The ``k`` items most similar to one original item id (the item itself excluded):
+        a one-row :class:`Recommendations` with ``kind="item"``. ``k == n_items`` is taken as
+        ``n_items - 1`` (every other item). Raises :class:`~hqgnn.index.errors.RetrievalError`
+        for an unknown item or ``k`` outside ``1 .. n_items``."""
+        k = check_k(self.n_items - 1 if k == self.n_items else k, self.n_items)
+        return self.index.similar_items([item], k=k)
 
-    def popular(self, k: int) -> dict:
-        """The ``k`` items with the most training interactions (ties: lower item index), for cold users."""
-        k = self.check_k(k)
+    def popular(self, k: int, users: Optional[Sequence] = None) -> Recommendations:
+        """The cold-start fallback: the ``k`` items with the most training interactions (ties:
+        lower item index), ``scores`` the interaction counts, ``fallback="popular"``. One row per
+        id of ``users`` (any ids, known or not; default: one row with query ``None``).
+        Raises :class:`~hqgnn.index.errors.RetrievalError` for ``k`` outside ``1 .. n_items``."""
+        k = check_k(k, self.n_items)
         if self._popular_order is None:
             with self._lock:
                 if self._popular_order is None:
@@ -138,8 +159,13 @@ class ArtifactRecommender:
                     self._popular_counts = counts
                     self._popular_order = np.lexsort((np.arange(self.n_items), -counts))
         top = self._popular_order[:k]
-        return {"items": [_py(x) for x in self.index.item_map.to_ids(top)],
-                "scores": [float(c) for c in self._popular_counts[top]], "found": len(top), "fallback": "popular"}
+        queries = np.empty(1, dtype=object) if users is None else np.asarray(list(users), dtype=object)
+        q = len(queries)
+        counts = self._popular_counts[top]
+        return Recommendations(queries=queries, items=np.broadcast_to(self.item_map.to_ids(top), (q, k)),
+                               scores=np.broadcast_to(counts.astype(np.float64), (q, k)),
+                               raw_scores=np.broadcast_to(counts, (q, k)), valid=np.ones((q, k), bool),
+                               fallback="popular")
 
 
 def _read_users_file(path) -> list:
@@ -154,11 +180,14 @@ def _read_users_file(path) -> list:
 
 def recommend_from_artifact(artifact, user=None, users_file=None, k: int = 50, include_seen: bool = False,
                             backend: str = "exact"):
+    """``hqgnn recommend``: the JSON records (:meth:`Recommendations.to_records`) of one user
+    (a dict) or of the users listed in ``users_file`` (a list of dicts)."""
     rec = ArtifactRecommender(artifact, backend=backend)
     users = [user] if user is not None else _read_users_file(users_file)
-    out = rec.recommend(users, k=k, exclude_seen=not include_seen)
+    out = rec.recommend(users, k=k, exclude_seen=not include_seen).to_records()
     return out[0] if user is not None else out
 
 
 def similar_from_artifact(artifact, item, k: int = 20, backend: str = "exact") -> dict:
-    return ArtifactRecommender(artifact, backend=backend).similar(item, k=k)
+    """``hqgnn similar``: the JSON record of one item's neighbours ``{"item", "items", "scores", "found"}``."""
+    return ArtifactRecommender(artifact, backend=backend).similar(item, k=k).to_records()[0]

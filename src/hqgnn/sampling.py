@@ -1,7 +1,9 @@
 """BPR triples sampled in bulk: every training interaction once per epoch (or, per user,
 as many uniformly drawn users with one of their items each), one uniformly drawn negative
 (or n candidates) per positive, negatives that the user has in training rejected and
-redrawn (vectorised over the rejected entries only)."""
+redrawn (vectorised over the rejected entries only).
+
+BPR: Rendle et al., UAI 2009, https://arxiv.org/abs/1205.2618 (docs/method.md, 'Training')."""
 
 from __future__ import annotations
 
@@ -12,6 +14,23 @@ from .errors import DataError
 
 
 class TripleSampler:
+    """(user, positive, negative) triples of the training interactions, for BPR.
+
+    A negative j of user u is drawn uniformly from all items and redrawn while (u, j) is a
+    training interaction, so every negative is an item the user has not interacted with in
+    ``train`` (validation and test items can be drawn: they are unseen in training).
+
+    Args:
+        train: the ``(n_users, n_items)`` training interactions (sparse, nonzero = interaction).
+
+    Shapes (E = ``train.nnz``, the epoch length):
+        - :meth:`epoch` returns ``users`` ``(E,)``, ``positives`` ``(E,)`` and ``negatives``
+          ``(E,)`` (or ``(E, n)`` with ``n_negatives = n``), int64 indices.
+
+    Raises:
+        DataError: a user has every item in training (no negative exists for it).
+    """
+
     def __init__(self, train: sp.csr_matrix):
         train = train.tocsr()
         self.n_users, self.n_items = train.shape

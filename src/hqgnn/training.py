@@ -1,13 +1,9 @@
-"""BPR training loop with evaluation, early stopping, atomic checkpoints and exact resume.
+"""The BPR training loop: evaluation, early stopping, atomic checkpoints and exact resume.
 
-Run folder layout (all written atomically):
-
-* ``config.yaml``      the resolved settings
-* ``history.jsonl``    one JSON line per evaluation (and per GSTE delta update)
-* ``checkpoint.pt``    latest state: weights, optimiser, epoch, best, history
-* ``model.pt``         the weights reported in ``metrics.json`` (best on the monitored split)
-* ``metrics.json``     final test metrics, ``train_seconds``, which split selected the model
-* ``data.json``        data fingerprint, sizes and id maps
+:class:`Trainer` only trains. The model comes built (:func:`hqgnn.models.build_model`, or
+:func:`hqgnn.models.initial_model` with its pre-trained start); the run folder's files and
+formats are :mod:`hqgnn.runs`'s; what is evaluated, and with which items masked, is
+:mod:`hqgnn.evaluation`'s (docs/method.md, 'Training' and 'Protocol').
 
 Every epoch draws its samples from ``numpy.random.default_rng([seed, epoch])``,
 so a resumed run continues exactly as an uninterrupted one would.
@@ -16,12 +12,11 @@ Divergence: a non-finite batch loss, GSTE delta estimate, weight (or Adam state)
 epoch, or ranking score stops training with :class:`~hqgnn.errors.TrainingDiverged` (one
 line: the epoch, what went non-finite, the usual causes, the last finite checkpoint). No
 checkpoint, ``model.pt`` or ``metrics.json`` holding non-finite values is ever written, and
-:func:`load_checkpoint` refuses one (:class:`~hqgnn.errors.CheckpointError`).
+:func:`~hqgnn.runs.load_checkpoint` refuses one (:class:`~hqgnn.errors.CheckpointError`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,163 +28,94 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import FULL_PRECISION_MODELS, Config
+from .config import Config
 from .data import InteractionData
-from .errors import CheckpointError, NonFiniteScores, TrainingDiverged
-from .evaluation import evaluate_embeddings
-from .graph import normalized_adjacency
-from .models import build_model
+from .errors import CheckpointError, ConfigError, NonFiniteScores, TrainingDiverged
+from .evaluation import evaluate_model, excluded_for, monitor_split
+from .finite import first_nonfinite, named_tensors, ranking_problem
+from .models import build_graph, load_full_precision_run, resolve_device, use_threads
 from .models.base import ScoringModel
-from .models.encoder import LightGCN, propagation_layers, propagation_weights
+from .runs import CHECKPOINT, CHECKPOINT_VERSION, RunFolder, check_finite_state, data_summary, load_checkpoint
+from .runs import nonfinite_weights
 from .sampling import TripleSampler
-from .storage import atomic_path, write_json_atomic, write_text_atomic
 
-CHECKPOINT_VERSION = 1
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import ConfigError
-
-        raise ConfigError(f"setting device={name!r}: CUDA is not available on this machine (use auto or cpu)")
-    return torch.device(name)
+# names that lived here before the run folder, the evaluation protocol and the builder had
+# their own modules; still importable from hqgnn.training
+__all__ = ["Trainer", "TrainContext", "peak_rss_mb", "CHECKPOINT_VERSION", "load_checkpoint", "check_finite_state",
+           "data_summary", "excluded_for", "split_for_monitoring", "named_tensors", "first_nonfinite",
+           "ranking_problem", "resolve_device", "load_full_precision_run"]
 
 
-def set_seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
+def split_for_monitoring(cfg: Config, data: InteractionData) -> str:
+    """The split a run of ``cfg`` monitors (:func:`hqgnn.evaluation.monitor_split`)."""
+    return monitor_split(cfg.eval_split, data)
 
 
 @dataclass
 class TrainContext:
-    """What per-epoch hooks (GSTE's Hessian estimate, schedules) may use."""
+    """What per-epoch hooks (GSTE's Hessian estimate, schedules) may use: the graph ``adj``, the
+    ``sampler``, the ``device``, a generator ``epoch_rng`` of their own (seeded by the seed and
+    the epoch) and the ``batch_size`` of :meth:`sample_batches`."""
 
-    cfg: Config
     adj: Optional[torch.Tensor]
     sampler: TripleSampler
     device: torch.device
     epoch_rng: np.random.Generator
+    batch_size: int
 
     def sample_batches(self, n_batches: int):
         """A few fresh (users, pos, neg) batches on the device, for estimates outside the epoch."""
         u, p, n = self.sampler.epoch(self.epoch_rng)
-        bs = self.cfg.batch_size
+        bs = self.batch_size
         for b in range(min(n_batches, max(1, math.ceil(len(u) / bs)))):
             sl = slice(b * bs, (b + 1) * bs)
             yield tuple(torch.from_numpy(a[sl]).to(self.device) for a in (u, p, n))
 
 
-def split_for_monitoring(cfg: Config, data: InteractionData) -> str:
-    if cfg.eval_split == "valid" and data.valid is not None:
-        return "valid"
-    return "test"
-
-
-def excluded_for(split: str, data: InteractionData) -> list:
-    """Items masked when ranking for ``split``: training, plus validation when scoring test."""
-    if split == "test" and data.valid is not None:
-        return [data.train, data.valid]
-    return [data.train]
-
-
-def named_tensors(obj, prefix: str = ""):
-    """``(dotted name, tensor)`` of every tensor in nested dicts / lists (a state dict, an optimizer state)."""
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for key, value in enumerate(obj):
-            yield from named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-
-
-def first_nonfinite(tensors) -> Optional[str]:
-    """Describe the first floating tensor of ``(name, tensor)`` pairs that holds NaN or inf
-    (``"NAME holds 3 NaN and 1 inf of its 640 values"``), or None when all are finite.
-
-    One reduction per tensor and one device sync per device when all are finite."""
-    by_device: dict = {}
-    for name, t in tensors:
-        if t.is_floating_point() and t.numel():
-            by_device.setdefault(t.device, []).append((name, t.detach()))
-    for group in by_device.values():
-        ok = torch.stack([torch.isfinite(t).all() for _, t in group])
-        if bool(ok.all()):
-            continue
-        name, t = next(pair for pair, flag in zip(group, ok.tolist()) if not flag)
-        nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-        counts = " and ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n)
-        return f"{name} holds {counts} of its {t.numel()} values"
-    return None
-
-
-def check_finite_state(state: dict, path) -> None:
-    """Refuse a checkpoint / ``model.pt`` dict whose weights (``model``, ``best_state``) or Adam
-    state (``optimizer``) hold NaN or inf: raises :class:`CheckpointError` naming ``path``, the
-    tensor and how many of its values are non-finite."""
-    parts = [(key, state.get(key)) for key in ("model", "best_state", "optimizer") if state.get(key) is not None]
-    problem = first_nonfinite(named_tensors(dict(parts)))
-    if problem:
-        raise CheckpointError(f"{path}: non-finite weights: {problem} (written by a diverged run; "
-                              f"retrain it with a lower lr)")
-
-
-def ranking_problem(u: torch.Tensor, i: torch.Tensor) -> Optional[str]:
-    """Why the scores ``u @ i.T`` could be NaN or inf, or None: a non-finite entry, or row norms
-    whose product (the Cauchy-Schwarz bound of every score) exceeds the float32 maximum."""
-    problem = first_nonfinite([("user embeddings", u), ("item embeddings", i)])
-    if problem:
-        return problem
-    if not len(u) or not len(i):
-        return None
-    nu = float(torch.linalg.vector_norm(u.detach(), dim=1, dtype=torch.float64).max())
-    ni = float(torch.linalg.vector_norm(i.detach(), dim=1, dtype=torch.float64).max())
-    if nu * ni > FLOAT32_MAX:
-        return (f"the scores can overflow float32 (max user norm {nu:.3g} x max item norm {ni:.3g} "
-                f"> {FLOAT32_MAX:.3g})")
-    return None
-
-
-def evaluate_model(model: ScoringModel, adj, data: InteractionData, split: str, cfg: Config) -> dict:
-    """Full-ranking metrics of ``model`` on ``split``.
-
-    Raises :class:`~hqgnn.errors.NonFiniteScores` when the ranking scores could be NaN or inf
-    (see :func:`ranking_problem`): metrics of such a ranking would be meaningless."""
-    u, i, integer = model.ranking_embeddings(adj)
-    problem = ranking_problem(u, i)
-    if problem:
-        raise NonFiniteScores(f"cannot rank the {split} split: {problem}")
-    return evaluate_embeddings(u, i, data.split(split), excluded_for(split, data), ks=cfg.ks,
-                               batch_size=cfg.eval_batch_size, integer_scores=integer, split=split)
-
-
 class Trainer:
-    def __init__(self, cfg: Config, data: InteractionData, out_dir: Optional[Path] = None, progress: bool = True,
-                 start_from_run: bool = True):
+    """Trains ``model`` on ``data.train`` with BPR and Adam, as the training settings of ``cfg`` say.
+
+    Args:
+        cfg: the run's :class:`~hqgnn.config.Config`; the trainer reads its training,
+            evaluation and device settings (``epochs``, ``lr``, ``batch_size``, ``eval_every``,
+            ``patience``, ...), never its model settings.
+        model: the model to train (:func:`hqgnn.models.initial_model`); moved to ``cfg.device``.
+        data: the :class:`~hqgnn.data.InteractionData` whose sizes the model was built for.
+        out_dir: the run folder (:class:`hqgnn.runs.RunFolder`) to write, or None for none.
+        progress: show a progress bar.
+
+    :meth:`fit` trains from the current epoch (0, or the checkpoint's after :meth:`resume`)
+    and returns the test metrics of the reported weights (:meth:`finish`). Afterwards
+    ``model`` holds those weights, ``history`` the log of every evaluation, ``epoch``,
+    ``best_epoch`` and ``stopped_early`` the run's course.
+
+    Raises:
+        TypeError: ``model`` is not a model (e.g. the old ``Trainer(cfg, data, out_dir)``).
+        ConfigError: the model was built for another number of users or items.
+        TrainingDiverged: from :meth:`fit`, when a loss, delta, weight or score goes NaN / inf.
+    """
+
+    def __init__(self, cfg: Config, model: ScoringModel, data: InteractionData, out_dir=None, progress: bool = True):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"Trainer(cfg, model, data, ...): model must be a model, got {type(model).__name__} "
+                            f"(build one with hqgnn.models.initial_model(cfg, data))")
+        if (model.n_users, model.n_items) != (data.n_users, data.n_items):
+            raise ConfigError(f"the model is for {model.n_users} users x {model.n_items} items, the data has "
+                              f"{data.n_users} x {data.n_items}")
         self.cfg = cfg
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.device = resolve_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        set_seed(cfg.seed)
+        use_threads(cfg.threads)
         t0 = time.perf_counter()
-        self.adj = normalized_adjacency(data.train, self.device) if cfg.layers > 0 else None
+        self.adj = build_graph(model, data.train, self.device)
         self.adjacency_seconds = time.perf_counter() - t0
-        self.model = build_model(cfg, data.n_users, data.n_items).to(self.device)
-        if cfg.from_run and start_from_run:
-            # lsh / ptq code this run's embeddings; the trained quantized models start from it
-            # (a pre-training stage). Off when loading a finished run, whose model.pt holds E0.
-            load_full_precision_run(cfg.from_run, self.model.encoder, data, cfg.model, self.device)
+        self.model = model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr) if params else None
         self.sampler = TripleSampler(data.train)
-        self.monitor_split = split_for_monitoring(cfg, data)
+        self.monitor_split = monitor_split(cfg.eval_split, data)
         self.epoch = 0
         self.history: list[dict] = []
         self.best_value = -math.inf
@@ -200,8 +126,14 @@ class Trainer:
         self.stopped_early = False
         self.checkpoint_epoch: Optional[int] = None  # epoch of the checkpoint this trainer wrote or resumed
 
+    @property
+    def run(self) -> Optional[RunFolder]:
+        """The run folder written, or None."""
+        return RunFolder(self.out_dir) if self.out_dir is not None else None
+
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
+        """The training state that ``checkpoint.pt`` holds (version :data:`~hqgnn.runs.CHECKPOINT_VERSION`)."""
         return {
             "version": CHECKPOINT_VERSION,
             "config": self.cfg.to_dict(),
@@ -221,19 +153,26 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Write ``checkpoint.pt`` and ``history.jsonl``; raises :class:`TrainingDiverged` (writing
         nothing) when the weights, the best weights or the Adam state hold NaN or inf."""
-        if self.out_dir is None:
+        run = self.run
+        if run is None:
             return
         state = self.state()
-        problem = first_nonfinite(named_tensors({k: state[k] for k in ("model", "best_state", "optimizer")}))
+        problem = nonfinite_weights(state)
         if problem:
             raise self.diverged(self.epoch, None, f"refusing to save a checkpoint: {problem}")
-        with atomic_path(self.out_dir / "checkpoint.pt") as tmp:
-            torch.save(state, tmp)
+        run.write_checkpoint(state)
         self.checkpoint_epoch = self.epoch
-        write_text_atomic(self.out_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        run.write_history(self.history)
 
     def resume(self) -> None:
-        path = self.out_dir / "checkpoint.pt"
+        """Continue from the run folder's ``checkpoint.pt``: weights, Adam state, epoch, history, best.
+
+        Raises :class:`CheckpointError` (naming the file) when it is missing, damaged, from
+        other data, or from other settings than the budgets and bookkeeping (``epochs``,
+        ``max_train_seconds``, ``patience``, ``device``, ``threads``, ``eval_batch_size``, ``data``)."""
+        if self.out_dir is None:
+            raise CheckpointError("nothing to resume: the trainer has no run folder")
+        path = self.out_dir / CHECKPOINT
         state = load_checkpoint(path)
         if state["data_fingerprint"] != self.data.fingerprint():
             raise CheckpointError(
@@ -241,7 +180,10 @@ class Trainer:
                 f"this data {self.data.fingerprint()})"
             )
         mine = self.cfg.to_dict()
-        theirs = state["config"]
+        try:  # the checkpoint's settings in today's spelling (a version-1 file may say model: mf)
+            theirs = Config().updated(state["config"], str(path)).validate().to_dict()
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: unreadable settings: {exc}") from None
         # settings that may change on resume: budgets and bookkeeping
         free = {"epochs", "max_train_seconds", "device", "threads", "patience", "eval_batch_size", "data"}
         for key, value in theirs.items():
@@ -279,12 +221,12 @@ class Trainer:
         if self.out_dir is None:
             kept = "No checkpoint is kept (no run folder)"
         elif self.checkpoint_epoch is not None:
-            kept = (f"The last finite checkpoint, {self.out_dir / 'checkpoint.pt'} (epoch {self.checkpoint_epoch}), "
+            kept = (f"The last finite checkpoint, {self.out_dir / CHECKPOINT} (epoch {self.checkpoint_epoch}), "
                     f"is kept; --resume requires these same settings, so train afresh (--overwrite) with a lower lr")
         else:
             old = "; its checkpoint.pt, from an earlier run, is left as it was"
             kept = (f"No checkpoint of this run was written to {self.out_dir} (one is written every "
-                    f"{cfg.eval_every} epochs)" + (old if (self.out_dir / "checkpoint.pt").is_file() else ""))
+                    f"{cfg.eval_every} epochs)" + (old if (self.out_dir / CHECKPOINT).is_file() else ""))
         return TrainingDiverged(f"{where}: {what}; training diverged. Usual causes: {', '.join(causes)}; "
                                 f"lower lr. {kept}")
 
@@ -311,7 +253,8 @@ class Trainer:
         self.history.append(entry)
 
     def evaluate(self, split: str) -> dict:
-        return evaluate_model(self.model, self.adj, self.data, split, self.cfg)
+        """Full-ranking metrics of the current weights on ``split`` (:func:`hqgnn.evaluation.evaluate_model`)."""
+        return evaluate_model(self.model, self.adj, self.data, split, ks=self.cfg.ks, batch_size=self.cfg.eval_batch_size)
 
     def _set_learning_rate(self, epoch: int) -> None:
         cfg = self.cfg
@@ -326,10 +269,13 @@ class Trainer:
         return self.cfg.max_train_seconds is not None and self.train_seconds >= self.cfg.max_train_seconds
 
     def fit(self) -> dict:
+        """Train until ``epochs`` (or early stopping, or ``max_train_seconds``), evaluating every
+        ``eval_every`` epochs and checkpointing each evaluation; then :meth:`finish`.
+
+        Returns the test metrics (``metrics.json``). Raises :class:`TrainingDiverged`."""
         cfg = self.cfg
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out_dir / "config.yaml")
+            self.run.write_config(cfg)
         trainable = self.optimizer is not None and cfg.epochs > 0
         pool = ThreadPoolExecutor(max_workers=1)  # draws the next epoch's samples while this one trains
         pending = pool.submit(self._epoch_samples, self.epoch) if trainable and self.epoch < cfg.epochs else None
@@ -348,7 +294,8 @@ class Trainer:
                 epoch = self.epoch
                 users, pos, neg = pending.result()
                 pending = pool.submit(self._epoch_samples, epoch + 1) if epoch + 1 < cfg.epochs else None
-                ctx = TrainContext(cfg, self.adj, self.sampler, self.device, np.random.default_rng([cfg.seed, epoch, 1]))
+                ctx = TrainContext(self.adj, self.sampler, self.device, np.random.default_rng([cfg.seed, epoch, 1]),
+                                   cfg.batch_size)
                 torch.manual_seed(cfg.seed * 100003 + epoch)
                 self._set_learning_rate(epoch)
                 hook_log = self.model.on_epoch_start(epoch, ctx)
@@ -408,7 +355,7 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict:
-        """Pick the reported weights, evaluate them on test, write model.pt and metrics.json.
+        """Pick the reported weights, evaluate them on test, write model.pt, metrics.json and data.json.
 
         Raises :class:`TrainingDiverged` (writing neither) when the weights, the test ranking's
         scores or a reported number (a quantizer's scale) are not finite."""
@@ -446,21 +393,11 @@ class Trainer:
         bad = [f"{k}={v}" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise self.diverged(self.epoch, None, f"non-finite results ({', '.join(bad)})")
-        if self.out_dir is not None:
-            with atomic_path(self.out_dir / "model.pt") as tmp:
-                torch.save(
-                    {
-                        "version": CHECKPOINT_VERSION,
-                        "config": cfg.to_dict(),
-                        "model": self.model.state_dict(),
-                        "data_fingerprint": self.data.fingerprint(),
-                        "n_users": self.data.n_users,
-                        "n_items": self.data.n_items,
-                    },
-                    tmp,
-                )
-            write_json_atomic(self.out_dir / "metrics.json", metrics)
-            write_json_atomic(self.out_dir / "data.json", data_summary(self.data))
+        run = self.run
+        if run is not None:
+            run.write_model(cfg.to_dict(), self.model.state_dict(), self.data)
+            run.write_metrics(metrics)
+            run.write_data(self.data)
         return metrics
 
 
@@ -472,70 +409,3 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     except (ImportError, OSError):  # pragma: no cover - non-POSIX
         return 0.0
-
-
-def data_summary(data: InteractionData) -> dict:
-    out = {
-        "name": data.name,
-        "source": data.source,
-        "fingerprint": data.fingerprint(),
-        "n_users": data.n_users,
-        "n_items": data.n_items,
-        "train": int(data.train.nnz),
-        "valid": int(data.valid.nnz) if data.valid is not None else 0,
-        "test": int(data.test.nnz),
-        "notes": data.notes,
-        "split_method": data.split_method,
-        "preprocessing": data.preprocessing,
-    }
-    if data.user_ids is not None:
-        out["user_ids"] = data.user_ids.tolist()
-    if data.item_ids is not None:
-        out["item_ids"] = data.item_ids.tolist()
-    return out
-
-
-def load_full_precision_run(run_dir, encoder: LightGCN, data, model: str, device) -> None:
-    """Copy E0 of a trained full-precision (lightgcn / mf) run into ``encoder``, after checking
-    that the run propagated the same layers with the same weights on the same data."""
-    path = Path(run_dir) / "model.pt"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: from_run has no trained model (train a lightgcn run first)")
-    state = load_checkpoint(path)
-    run_cfg = state.get("config", {})
-    if run_cfg.get("model") not in FULL_PRECISION_MODELS:
-        raise CheckpointError(f"{path}: from_run must be a full-precision lightgcn or mf run, got {run_cfg.get('model')!r}")
-    # the codes must quantize the embeddings the run was trained to produce
-    run_layers = propagation_layers(run_cfg.get("model"), run_cfg.get("layers"))
-    if run_layers != encoder.layers:
-        raise CheckpointError(f"{path}: from_run propagates {run_layers} layers, this {model} run "
-                              f"{encoder.layers} (set layers={run_layers})")
-    run_weights = propagation_weights(run_cfg.get("model"), run_layers, run_cfg.get("layer_weights"))
-    if not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(run_weights, encoder.layer_weights)):
-        raise CheckpointError(f"{path}: from_run sums its layers with weights {list(run_weights)}, this "
-                              f"{model} run with {list(encoder.layer_weights)} (set layer_weights to the run's)")
-    if state.get("data_fingerprint") != data.fingerprint():
-        raise CheckpointError(f"{path}: from_run was trained on other data (fingerprint {state.get('data_fingerprint')})")
-    emb = state["model"].get("encoder.embedding")
-    if emb is None or tuple(emb.shape) != tuple(encoder.embedding.shape):
-        raise CheckpointError(f"{path}: embedding shape {tuple(emb.shape) if emb is not None else None} does not match dim={encoder.dim}")
-    with torch.no_grad():
-        encoder.embedding.copy_(emb.to(device))
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a ``checkpoint.pt`` / ``model.pt``. Raises :class:`CheckpointError` (naming ``path``) when it
-    is missing, corrupt, foreign, newer, or holds non-finite weights (:func:`check_finite_state`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, pickle errors, ...
-        raise CheckpointError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if not isinstance(state, dict) or "version" not in state or "model" not in state:
-        raise CheckpointError(f"{path}: not an hqgnn checkpoint")
-    if state["version"] > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state['version']} is newer than this hqgnn ({CHECKPOINT_VERSION})")
-    check_finite_state(state, path)
-    return state

@@ -17,7 +17,9 @@ embeddings), ``dim``, ``words`` (64-bit words per row and bit plane), ``pad_bits
 table ``name -> {dtype, shape, offset, nbytes}`` (offsets relative to the payload).
 
 Arrays: ``user_codes`` / ``item_codes`` -- ``(bits, n, words)`` uint64 bit planes
-(:mod:`hqgnn.index.packing`), or ``(n, dim)`` float32 embeddings when ``bits == 32``;
+(:mod:`hqgnn.index.packing`), or ``(n, dim)`` float32 embeddings when ``bits == 32``
+(format names; in Python an :class:`Artifact` calls them ``user_planes`` / ``item_planes``
+or ``user_embeddings`` / ``item_embeddings``, and ``user_codes()`` / ``item_codes()`` unpack planes);
 ``user_ids`` / ``item_ids`` -- the original ids (int64, or fixed-width unicode ``<U*``);
 ``train_indptr`` (int64) / ``train_indices`` (int32 or int64) -- each user's training
 items as CSR, for excluding seen items.
@@ -91,7 +93,17 @@ def _id_array(ids: Any, n: int, what: str) -> np.ndarray:
 
 @dataclass
 class Artifact:
-    """A read artifact: metadata plus (memory-mapped) arrays. Fields mirror the file."""
+    """A read artifact: metadata plus (memory-mapped) arrays. Fields mirror the file.
+
+    Vocabulary: *planes* are packed, *codes* unpacked. A quantized artifact (``bits`` 1..8)
+    holds ``item_planes`` / ``user_planes``: ``(bits, n, words)`` uint64 bit planes (the
+    file's ``item_codes`` / ``user_codes`` arrays), unpacked by :meth:`item_codes` /
+    :meth:`user_codes` into ``(n, dim)`` uint8 codes; its ``*_embeddings`` are None. A float
+    artifact (``bits == 32``) holds ``item_embeddings`` / ``user_embeddings``, ``(n, dim)``
+    float32, and no planes. ``user_planes`` / ``user_embeddings`` are None in an item-only
+    artifact. ``user_ids`` / ``item_ids``: ``(n,)`` original ids (int64 or ``<U*``);
+    ``train_indptr`` / ``train_indices``: the seen items per user as CSR.
+    """
 
     path: Path
     model: str
@@ -99,12 +111,14 @@ class Artifact:
     dim: int
     user_scale: float
     item_scale: float
-    user_codes: Optional[np.ndarray]  # (bits, n_users, words) uint64, or (n_users, dim) float32
-    item_codes: np.ndarray
     user_ids: np.ndarray
     item_ids: np.ndarray
     train_indptr: np.ndarray
     train_indices: np.ndarray
+    item_planes: Optional[np.ndarray] = None      # (bits, n_items, words) uint64; None when bits == 32
+    user_planes: Optional[np.ndarray] = None      # (bits, n_users, words) uint64, or None
+    item_embeddings: Optional[np.ndarray] = None  # (n_items, dim) float32 when bits == 32, else None
+    user_embeddings: Optional[np.ndarray] = None  # (n_users, dim) float32, or None
     data_fingerprint: str = ""
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -130,20 +144,24 @@ class Artifact:
     def pad_bits(self) -> int:
         return 0 if self.is_float else pad_bits(self.dim)
 
-    def unpacked_user_codes(self) -> np.ndarray:
-        """``(n_users, dim)`` uint8 unsigned codes (float32 embeddings for a float artifact)."""
-        return self._unpack(self.user_codes)
+    def user_codes(self) -> Optional[np.ndarray]:
+        """``(n_users, dim)`` uint8 unsigned codes, unpacked from :attr:`user_planes` (None without
+        user planes). Raises ``ValueError`` for a float artifact (read :attr:`user_embeddings`)."""
+        return self._unpack(self.user_planes)
 
-    def unpacked_item_codes(self) -> np.ndarray:
-        """``(n_items, dim)`` uint8 unsigned codes (float32 embeddings for a float artifact)."""
-        return self._unpack(self.item_codes)
+    def item_codes(self) -> np.ndarray:
+        """``(n_items, dim)`` uint8 unsigned codes, unpacked from :attr:`item_planes`. Raises
+        ``ValueError`` for a float artifact (read :attr:`item_embeddings`)."""
+        return self._unpack(self.item_planes)
 
-    def _unpack(self, codes):
-        if codes is None:
-            return None
+    def _unpack(self, planes):
         if self.is_float:
-            return np.asarray(codes)
-        return unpack_codes(codes, self.bits, self.dim)
+            raise ValueError(f"{self.path}: a float artifact holds embeddings, not codes")
+        return None if planes is None else unpack_codes(planes, self.bits, self.dim)
+
+    def stored(self, side: str) -> Optional[np.ndarray]:
+        """The array the file stores for ``side`` (``"user"`` / ``"item"``): planes, or embeddings when float."""
+        return getattr(self, f"{side}_embeddings" if self.is_float else f"{side}_planes")
 
     def train_csr(self):
         """The training interactions as a ``scipy.sparse.csr_matrix`` (users x items, ones)."""
@@ -178,6 +196,9 @@ def _float_stats(arr: np.ndarray) -> tuple[int, int, float]:
 def check_finite_scores(where: str, *, bits: int, dim: int, user_codes: Optional[np.ndarray],
                         item_codes: np.ndarray, user_scale: float, item_scale: float) -> None:
     """Refuse what would give NaN / inf scores: raises :class:`CheckpointError` ``"{where}: FIELD ..."``.
+
+    ``user_codes`` / ``item_codes``: the arrays as the file stores them (under these names):
+    ``(bits, n, words)`` planes, or ``(n, dim)`` float32 embeddings when ``bits == 32``.
 
     Checks that both scales are finite and > 0; float32 embeddings (``bits == 32``) hold no
     NaN / inf and their row norms cannot overflow a float32 score (Cauchy-Schwarz: max user
@@ -219,16 +240,18 @@ def check_finite_scores(where: str, *, bits: int, dim: int, user_codes: Optional
 
 
 # ---------------------------------------------------------------- writing
-def write_artifact(path, *, model: str, bits: int, dim: int, user_codes: Optional[np.ndarray],
-                   item_codes: np.ndarray, user_scale: float, item_scale: float,
+def write_artifact(path, *, model: str, bits: int, dim: int, user_scale: float, item_scale: float,
                    user_ids: np.ndarray, item_ids: np.ndarray, train_indptr: np.ndarray,
-                   train_indices: np.ndarray, data_fingerprint: str = "",
+                   train_indices: np.ndarray, item_planes: Optional[np.ndarray] = None,
+                   user_planes: Optional[np.ndarray] = None, item_embeddings: Optional[np.ndarray] = None,
+                   user_embeddings: Optional[np.ndarray] = None, data_fingerprint: str = "",
                    extra_meta: Optional[dict] = None) -> Path:
-    """Write an artifact atomically from *packed* codes (see the module docstring).
+    """Write an artifact atomically from *packed* planes or float embeddings (see the module docstring).
 
-    ``user_codes`` / ``item_codes`` are ``(bits, n, words)`` uint64 bit planes, or
-    ``(n, dim)`` float32 embeddings for ``bits == 32``; ``user_codes`` may be ``None``
-    (an item-only index). Returns the path. Nothing is left at ``path`` on failure.
+    ``bits`` 1..8: ``item_planes`` / ``user_planes``, ``(bits, n, words)`` uint64 bit planes;
+    ``bits == 32``: ``item_embeddings`` / ``user_embeddings``, ``(n, dim)`` float32. The
+    user array may be ``None`` (an item-only index). Returns the path. Nothing is left at
+    ``path`` on failure.
 
     Raises ``ValueError`` for inconsistent arguments (shapes, bits, CSR) and
     :class:`CheckpointError` for values whose scores would not be finite
@@ -238,6 +261,14 @@ def write_artifact(path, *, model: str, bits: int, dim: int, user_codes: Optiona
     is_float = bits == FLOAT_BITS
     if not is_float and not 1 <= bits <= 8:
         raise ValueError(f"bits must be 1..8 or 32, got {bits}")
+    given, other = ("embeddings", "planes") if is_float else ("planes", "embeddings")
+    item_codes = item_embeddings if is_float else item_planes
+    user_codes = user_embeddings if is_float else user_planes
+    if item_codes is None:
+        raise ValueError(f"bits={bits}: give item_{given}")
+    if (item_planes if is_float else item_embeddings) is not None or \
+            (user_planes if is_float else user_embeddings) is not None:
+        raise ValueError(f"bits={bits}: give {given}, not {other}")
     n_items = len(item_ids)
     n_users = len(user_ids)
     arrays = {
@@ -367,7 +398,9 @@ def export_from_arrays(path, *, model: str, bits: int, user_codes: Optional[np.n
         raise ValueError(f"train_csr holds item indices outside 0 .. {n_items - 1}")
     uids = _id_array(user_ids, n_users, "user_ids")
     iids = _id_array(item_ids, n_items, "item_ids")
-    out = write_artifact(path, model=model, bits=bits, dim=dim, user_codes=packed_users, item_codes=packed_items,
+    stored = ({"item_embeddings": packed_items, "user_embeddings": packed_users} if bits == FLOAT_BITS
+              else {"item_planes": packed_items, "user_planes": packed_users})
+    out = write_artifact(path, model=model, bits=bits, dim=dim, **stored,
                          user_scale=user_scale, item_scale=item_scale, user_ids=uids, item_ids=iids,
                          train_indptr=indptr, train_indices=indices, data_fingerprint=data_fingerprint,
                          extra_meta=extra_meta)
@@ -461,7 +494,9 @@ def read_artifact(path, mmap: bool = True, bits: Optional[int] = None, verify: b
         art = Artifact(
             path=path, model=str(meta["model"]), bits=stored_bits, dim=dim,
             user_scale=float(meta["user_scale"]), item_scale=float(meta["item_scale"]),
-            user_codes=arrays.get("user_codes"), item_codes=arrays["item_codes"],
+            **({"user_embeddings": arrays.get("user_codes"), "item_embeddings": arrays["item_codes"]}
+               if stored_bits == FLOAT_BITS else
+               {"user_planes": arrays.get("user_codes"), "item_planes": arrays["item_codes"]}),
             user_ids=arrays["user_ids"], item_ids=arrays["item_ids"],
             train_indptr=arrays["train_indptr"], train_indices=arrays["train_indices"],
             data_fingerprint=str(meta.get("data_fingerprint", "")), extra=dict(meta.get("extra") or {}),
@@ -470,8 +505,8 @@ def read_artifact(path, mmap: bool = True, bits: Optional[int] = None, verify: b
     except (KeyError, ValueError, TypeError):
         raise CheckpointError(f"{path}: corrupt artifact (inconsistent header)") from None
     _check_consistent(art)
-    check_finite_scores(f"{path}: unusable artifact", bits=art.bits, dim=art.dim, user_codes=art.user_codes,
-                        item_codes=art.item_codes, user_scale=art.user_scale, item_scale=art.item_scale)
+    check_finite_scores(f"{path}: unusable artifact", bits=art.bits, dim=art.dim, user_codes=art.stored("user"),
+                        item_codes=art.stored("item"), user_scale=art.user_scale, item_scale=art.item_scale)
     if bits is not None and int(bits) != stored_bits:
         what = "float32 embeddings" if stored_bits == FLOAT_BITS else f"{stored_bits}-bit codes"
         raise CheckpointError(f"{path}: artifact holds {what}, but bits={bits} was requested")
@@ -483,12 +518,13 @@ def _check_consistent(art: Artifact) -> None:
     if art.bits != FLOAT_BITS and not 1 <= art.bits <= 8:
         raise CheckpointError(f"{p}: corrupt artifact (bits={art.bits})")
     expect = ((art.n_items, art.dim) if art.is_float else (art.bits, art.n_items, words_per_row(art.dim)))
-    if art.item_codes.shape != expect:
-        raise CheckpointError(f"{p}: corrupt artifact (item_codes shape {art.item_codes.shape}, expected {expect})")
-    if art.user_codes is not None:
+    items, users = art.stored("item"), art.stored("user")
+    if items.shape != expect:
+        raise CheckpointError(f"{p}: corrupt artifact (item_codes shape {items.shape}, expected {expect})")
+    if users is not None:
         expect_u = ((art.n_users, art.dim) if art.is_float else (art.bits, art.n_users, words_per_row(art.dim)))
-        if art.user_codes.shape != expect_u:
-            raise CheckpointError(f"{p}: corrupt artifact (user_codes shape {art.user_codes.shape}, "
+        if users.shape != expect_u:
+            raise CheckpointError(f"{p}: corrupt artifact (user_codes shape {users.shape}, "
                                   f"expected {expect_u})")
     if len(art.train_indptr) != art.n_users + 1 or int(art.train_indptr[-1]) != len(art.train_indices):
         raise CheckpointError(f"{p}: corrupt artifact (training CSR does not match {art.n_users} users)")

@@ -1,39 +1,55 @@
-"""FAISS-style retrieval indexes over exported embeddings: b-bit codes or float32.
+"""The index objects over exported embeddings -- b-bit codes or float32 -- and their search signature.
 
-* :class:`QuantizedIndex` -- b-bit codes (1..8). Scores are the integers
-  ``<k_u, k_i>`` (the model score is ``(s_u s_i / 4) <k_u, k_i>``, see :meth:`dequantize`).
-  Backends: ``"exact"`` (default; :mod:`hqgnn.index.kernels`) and, for 1 bit, the
-  faiss binary indexes ``"faiss-flat"`` (exact Hamming), ``"faiss-hnsw"`` and
-  ``"faiss-ivf"`` (approximate).
+* :class:`QuantizedIndex` -- b-bit codes (1..8), held as packed bit planes
+  (``item_planes`` / ``user_planes``; :meth:`~QuantizedIndex.item_codes` unpacks them).
+  Raw scores are the integers ``<k_u, k_i>``; the model's score is
+  ``(s_u s_i / 4) <k_u, k_i>`` (:meth:`~QuantizedIndex.dequantize`). Backends: ``"exact"``
+  (default; the kernels of :mod:`hqgnn.index.kernels` run by :mod:`hqgnn.index.search`)
+  and, for 1 bit, the faiss binary indexes ``"faiss-flat"`` (exact Hamming),
+  ``"faiss-hnsw"`` and ``"faiss-ivf"`` (approximate; :mod:`hqgnn.index.backends.faiss`,
+  imported only when asked for).
 * :class:`FloatIndex` -- float32 embeddings, scored by the float inner product
   (``"exact"``: BLAS sgemm + exact selection; ``"faiss-flat"``: ``IndexFlatIP``).
 
-Both share one interface: ``search`` (users or query vectors -> top-k items),
-``similar`` (item -> top-k other items), ``recommend`` / ``similar_items`` (original ids
-in, :class:`Recommendations` out), ``save`` / ``load`` (the artifact of
-:mod:`hqgnn.index.artifact`). Every result is exact for ``"exact"`` and ``"faiss-flat"``:
-best first, ties broken by the lower item index, excluded items never returned, rows
-with fewer than ``k`` eligible items padded with item ``-1``. The approximate backends
-return rows of the same form, filled to ``min(k, eligible items)`` by widening their
-search (:mod:`hqgnn.index.faiss_backend`); ``Recommendations.found`` counts real items.
+Both share one interface:
+
+* ``search(users | queries=, k, exclude=) -> SearchResult(items, raw_scores)`` -- dense
+  indices in and out, *items first* (the reverse of faiss's ``D, I``);
+* ``similar(items, k) -> SearchResult`` -- item-to-item, the item itself excluded;
+* ``recommend(user_ids, k) -> Recommendations`` / ``similar_items(item_ids, k) ->
+  Recommendations`` -- original ids in and out, the model's ``scores`` beside the
+  ``raw_scores`` (:mod:`hqgnn.index.results`);
+* ``save`` / ``load`` -- the artifact of :mod:`hqgnn.index.artifact`.
+
+Every result is exact for ``"exact"`` and ``"faiss-flat"``: best first, ties broken by
+the lower item index, excluded items never returned, rows with fewer than ``k``
+eligible items padded with item ``-1``. The approximate backends return rows of the
+same form, filled to ``min(k, eligible items)`` by widening their search;
+``Recommendations.found`` counts real items. Bad requests raise
+:class:`~hqgnn.index.errors.RetrievalError`; bad settings :class:`~hqgnn.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from . import kernels as K
 from .artifact import FLOAT_BITS, Artifact, export_from_arrays, read_artifact
+from .backends import FAISS_BACKENDS
 from .errors import RetrievalError
+from .ids import IdMap, check_k
+from .kernels import CodeGemmKernel, GemmKernel, Int8DotKernel, Int8MatmulKernel, IntMatmulKernel, Kernel, PlaneKernel
 from .packing import check_codes, pack_codes, unpack_codes
+from .results import Recommendations, SearchResult
+from .search import search_topk
 from .select import csr_rows
 
+__all__ = ["DEFAULT_KERNEL", "EXACT", "FAISS_BACKENDS", "FloatIndex", "IdMap", "QUANTIZED_KERNELS", "QuantizedIndex",
+           "Recommendations", "SearchResult", "check_k", "default_kernel", "open_index"]
+
 EXACT = "exact"
-FAISS_BACKENDS = ("faiss-flat", "faiss-hnsw", "faiss-ivf")
 QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-dot", "int8-mm", "int32-mm")
 
 #: Default kernel per bit width, chosen from the Kernels table of benchmarks/retrieval.py
@@ -46,137 +62,28 @@ DEFAULT_KERNEL = {1: "bitplane", 2: "bitplane", **{b: "int8-mm" for b in range(3
 
 
 def default_kernel(bits: int) -> str:
-    """The exact kernel ``kernel="auto"`` picks for ``bits`` on this CPU."""
-    if bits >= 2 and K.Int8DotKernel.available():
+    """The exact kernel ``kernel="auto"`` picks for ``bits`` (1..8) on this CPU."""
+    if bits >= 2 and Int8DotKernel.available():
         return "int8-dot"
     return DEFAULT_KERNEL[bits]
 
 
+#: ``exclude=``: None, ``"train"``, a ``scipy.sparse`` matrix or an ``(indptr, indices)`` pair.
 Exclude = Union[None, str, tuple, Any]
 
 
-# ---------------------------------------------------------------- results
-@dataclass
-class Recommendations:
-    """Top-k results mapped back to original ids.
-
-    ``queries``: the original user (or item) ids asked for; ``items``: ``(q, k)`` original
-    item ids; ``scores``: ``(q, k)`` raw index scores (int32 ``<k_u, k_i>`` for codes,
-    float32 for embeddings); ``values``: the model's scores (dequantized, float64);
-    ``valid``: ``(q, k)`` bool, False on padding (fewer than ``k`` eligible items);
-    ``found``: ``(q,)`` the number of real items per query (``k`` unless fewer are eligible).
-    """
-
-    queries: np.ndarray
-    items: np.ndarray
-    scores: np.ndarray
-    values: np.ndarray
-    valid: np.ndarray
-    kind: str = "user"
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    @property
-    def found(self) -> np.ndarray:
-        return self.valid.sum(axis=1)
-
-    def to_records(self) -> list[dict]:
-        """One JSON-ready dict per query: ``{kind: id, "items": [...], "scores": [...], "values": [...]}``."""
-        out = []
-        for row in range(len(self.queries)):  # output formatting only, not a hot path
-            ok = self.valid[row]
-            out.append({
-                self.kind: _py(self.queries[row]),
-                "items": [_py(x) for x in self.items[row][ok]],
-                "scores": [_py(x) for x in self.scores[row][ok]],
-                "values": [float(x) for x in self.values[row][ok]],
-            })
-        return out
-
-
-def _py(x):
-    """A numpy scalar as the matching Python value (for JSON)."""
-    return x.item() if hasattr(x, "item") else x
-
-
-# ---------------------------------------------------------------- ids
-class IdMap:
-    """Original ids <-> dense indices, vectorised (sorted lookup; identity ranges are free)."""
-
-    def __init__(self, ids: Optional[np.ndarray], n: int, what: str):
-        self.what, self.n = what, n
-        self.ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
-        if len(self.ids) != n:
-            raise ValueError(f"{what} ids: {len(self.ids)} ids for {n} rows")
-        self.identity = self.ids.dtype.kind in "iu" and (n == 0 or (int(self.ids[0]) == 0 and int(self.ids[-1]) == n - 1
-                                                                      and np.array_equal(self.ids, np.arange(n))))
-        self._order = None
-
-    def to_index(self, ids: Sequence) -> np.ndarray:
-        """Dense indices of original ids; an unknown id raises :class:`RetrievalError` naming it."""
-        arr = np.atleast_1d(np.asarray(ids))
-        if arr.dtype.kind == "O":
-            arr = arr.astype(str)
-        if self.identity and arr.dtype.kind in "iu":
-            bad = (arr < 0) | (arr >= self.n)
-            if bad.any():
-                raise RetrievalError(f"unknown {self.what} id {arr[bad][0].item()!r} "
-                                     f"(known ids: 0 .. {self.n - 1})")
-            return arr.astype(np.int64)
-        int_keys = self.ids.dtype.kind in "iu"
-        q = arr
-        if int_keys and arr.dtype.kind not in "iu":
-            try:
-                q = arr.astype(np.int64)
-            except ValueError:
-                bad = next(x for x in arr if not _is_int(x))
-                raise RetrievalError(f"unknown {self.what} id {_py(bad)!r} ({self.what} ids are integers)") from None
-        elif not int_keys:
-            q = arr.astype(str)
-        if self._order is None:
-            keys = self.ids if int_keys else self.ids.astype(str)
-            self._order = np.argsort(keys, kind="stable")
-            self._sorted = keys[self._order]
-        if self.n == 0:
-            raise RetrievalError(f"unknown {self.what} id {_py(arr[0])!r} (no {self.what}s known)")
-        pos = np.minimum(np.searchsorted(self._sorted, q), self.n - 1)
-        found = self._sorted[pos] == q
-        if not np.all(found):
-            raise RetrievalError(f"unknown {self.what} id {_py(arr[~found][0])!r} ({self.n} {self.what}s known)")
-        return self._order[pos].astype(np.int64)
-
-    def to_ids(self, index: np.ndarray) -> np.ndarray:
-        """Original ids of dense indices (``-1`` padding maps to ``-1`` / ``""``)."""
-        index = np.asarray(index)
-        out = self.ids[np.maximum(index, 0)] if self.n else np.zeros(index.shape, self.ids.dtype)
-        pad = index < 0
-        if pad.any():
-            out = out.copy()
-            out[pad] = -1 if out.dtype.kind in "iu" else ""
-        return out
-
-
-def _is_int(x) -> bool:
+def _faiss_backend():
+    """:mod:`hqgnn.index.backends.faiss`, imported on demand (faiss is optional)."""
     try:
-        int(x)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def check_k(k, n_items: int) -> int:
-    """``k`` as an int in ``1 .. n_items``, else :class:`RetrievalError`."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise RetrievalError(f"k={k!r} must be an integer in 1 .. {n_items}")
-    if not 1 <= int(k) <= n_items:
-        raise RetrievalError(f"k={k} is out of range: expected 1 .. {n_items}")
-    return int(k)
+        from .backends import faiss as faiss_backend
+    except ImportError as exc:
+        raise ConfigError(f"the faiss backends need faiss ({exc}); pip install 'hqgnn[faiss]' (faiss-cpu)") from None
+    return faiss_backend
 
 
 # ---------------------------------------------------------------- base
 class _Index:
-    """Shared plumbing: ids, exclusion, result mapping, faiss over-fetch, save/load."""
+    """Shared plumbing: ids, exclusion, result mapping, the backend switch, save/load."""
 
     bits: int
 
@@ -190,7 +97,7 @@ class _Index:
         self.model, self.data_fingerprint, self.extra = model, data_fingerprint, dict(extra or {})
         self.threads = threads
         self.backend_params = dict(backend_params or {})
-        self._faiss = None
+        self._backend_state: dict = {}  # what a non-exact backend keeps (the faiss index), reset on a switch
         self.backend = backend
 
     # ----- backend
@@ -203,8 +110,10 @@ class _Index:
         allowed = self._backends()
         if value not in allowed:
             raise ConfigError(f"backend={value!r} is not available for this index (choose from {', '.join(allowed)})")
+        if value in FAISS_BACKENDS:
+            _faiss_backend()  # faiss is optional: refuse the setting now, not at the first search
         self._backend = value
-        self._faiss = None
+        self._backend_state = {}
 
     def _backends(self) -> tuple:
         return (EXACT,)
@@ -254,15 +163,20 @@ class _Index:
 
     # ----- public search API
     def search(self, users=None, k: int = 10, *, queries=None, exclude: Exclude = None,
-               threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+               threads: Optional[int] = None) -> SearchResult:
         """Top-``k`` items for users (dense indices; ``None`` = all) or for query vectors.
 
-        ``queries``: ``(q, d)`` unsigned codes (:class:`QuantizedIndex`) or float32
-        vectors (:class:`FloatIndex`), instead of ``users``. ``exclude``: ``None``,
-        ``"train"`` (the users' training items), or a CSR (``scipy.sparse`` or
-        ``(indptr, indices)``) with one row per user or per query. Returns
-        ``(items, scores)``, each ``(q, k)``: item indices (int64, best first, ties to
-        the lower index, ``-1`` padding) and the raw scores.
+        ``users``: ``(q,)`` int user indices. ``queries``: ``(q, d)`` unsigned codes
+        (:class:`QuantizedIndex`) or float32 vectors (:class:`FloatIndex`), instead of
+        ``users``. ``exclude``: ``None``, ``"train"`` (the users' seen items), or a CSR
+        (``scipy.sparse`` or ``(indptr, indices)``) with one row per user or per query.
+        ``threads``: search threads (default: the index's, else every CPU).
+
+        Returns :class:`SearchResult` ``(items, raw_scores)`` -- items first, unlike faiss's
+        ``(D, I)`` -- each ``(q, k)``: item indices (int64, best first, ties to the lower
+        index, ``-1`` padding) and the raw scores (int32 ``<k_u, k_i>`` / float32).
+        Raises :class:`RetrievalError` for a ``k`` outside ``1 .. n_items``, an index out of
+        range, query vectors of the wrong shape, or an exclusion CSR of the wrong size.
         """
         k = check_k(k, self.n_items)
         if queries is not None and users is not None:
@@ -279,8 +193,12 @@ class _Index:
         excl = self._exclusion(exclude, rows, self._count(q))
         return self._run(q, k, excl, threads)
 
-    def similar(self, items, k: int = 10, threads: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` item-to-item neighbours of items (dense indices), the item itself excluded."""
+    def similar(self, items, k: int = 10, threads: Optional[int] = None) -> SearchResult:
+        """Top-``k`` item-to-item neighbours of ``(q,)`` item indices, the item itself excluded.
+
+        Returns :class:`SearchResult` ``(items, raw_scores)``, each ``(q, k)`` (at most
+        ``n_items - 1`` real items per row, then ``-1`` padding). Raises :class:`RetrievalError`
+        for a bad ``k`` or an item index out of range."""
         k = check_k(k, self.n_items)
         rows = self._item_rows(items)
         q = self._item_queries(rows)
@@ -289,24 +207,27 @@ class _Index:
 
     def recommend(self, user_ids, k: int = 10, exclude_seen: bool = True,
                   threads: Optional[int] = None) -> Recommendations:
-        """Top-``k`` original item ids for original user ids (seen items excluded unless told)."""
-        ids = np.atleast_1d(np.asarray(user_ids))
-        rows = self.user_map.to_index(ids)
-        items, scores = self.search(rows, k, exclude="train" if exclude_seen else None, threads=threads)
-        return self._results(ids, items, scores, self._user_value_scale(), "user")
+        """Top-``k`` items of ``(q,)`` original user ids, as :class:`Recommendations` (original ids,
+        the model's ``scores`` and the ``raw_scores``). Seen items (the artifact's training CSR:
+        training + validation) are excluded unless ``exclude_seen`` is False.
+        Raises :class:`RetrievalError` for an unknown user id or a bad ``k``."""
+        rows = self.user_map.to_index(user_ids)
+        items, raw = self.search(rows, k, exclude="train" if exclude_seen else None, threads=threads)
+        return self._results(self.user_map.to_ids(rows), items, raw, self._user_value_scale(), "user")
 
     def similar_items(self, item_ids, k: int = 10, threads: Optional[int] = None) -> Recommendations:
-        """Top-``k`` neighbours (original ids) of original item ids, the item itself excluded."""
-        ids = np.atleast_1d(np.asarray(item_ids))
-        rows = self.item_map.to_index(ids)
-        items, scores = self.similar(rows, k, threads=threads)
-        return self._results(ids, items, scores, self._item_value_scale(), "item")
+        """Top-``k`` neighbours of ``(q,)`` original item ids, the item itself excluded, as
+        :class:`Recommendations` (``kind="item"``). Raises :class:`RetrievalError` for an unknown
+        item id or a bad ``k``."""
+        rows = self.item_map.to_index(item_ids)
+        items, raw = self.similar(rows, k, threads=threads)
+        return self._results(self.item_map.to_ids(rows), items, raw, self._item_value_scale(), "item")
 
-    def _results(self, ids, items, scores, scale, kind) -> Recommendations:
+    def _results(self, queries, items, raw, scale, kind) -> Recommendations:
         valid = items >= 0
-        values = np.where(valid, scores.astype(np.float64) * scale, -np.inf)
-        return Recommendations(queries=ids, items=self.item_map.to_ids(items), scores=scores, values=values,
-                               valid=valid, kind=kind)
+        scores = np.where(valid, raw.astype(np.float64) * scale, -np.inf)
+        return Recommendations(queries=np.asarray(queries), items=self.item_map.to_ids(items), scores=scores,
+                               raw_scores=raw, valid=valid, kind=kind)
 
     def user_index(self, user_ids) -> np.ndarray:
         """Dense user indices of original user ids."""
@@ -320,15 +241,13 @@ class _Index:
     def _run(self, q, k, excl, threads):
         threads = threads if threads is not None else self.threads
         if self.backend == EXACT:
-            return K.search_topk(self._kernel(), q, k, exclude=excl, threads=threads)
-        return self._faiss_search(q, k, excl, threads)
+            return search_topk(self._kernel(), q, k, exclude=excl, threads=threads)
+        # the faiss backends: exclusion by over-fetching, exact tie order, and rows filled
+        # to min(k, eligible items) by widening the approximate search
+        return _faiss_backend().search(self, q, k, excl, threads)
 
-    def _faiss_search(self, q, k, excl, threads):
-        """The faiss backends (:mod:`hqgnn.index.faiss_backend`): exclusion by over-fetching, exact tie
-        order, and rows filled to ``min(k, eligible items)`` by widening the approximate search."""
-        from . import faiss_backend
-
-        return faiss_backend.search(self, q, k, excl, threads)
+    def _kernel(self) -> Kernel:
+        raise NotImplementedError
 
     # ----- persistence
     def save(self, path) -> dict:
@@ -379,9 +298,13 @@ def _as_csr(m, n_rows: Optional[int], n_cols: int) -> tuple[np.ndarray, np.ndarr
 class QuantizedIndex(_Index):
     """Exact integer retrieval over b-bit codes (bits 1..8).
 
-    Scores are the integers ``<k_u, k_i>`` (odd levels ``k = 2c - (2^b - 1)``); the
-    model's score is ``(s_u s_i / 4) <k_u, k_i>`` (:meth:`dequantize`), so the ranking of
-    a user is the ranking of the dequantized float scores.
+    ``item_codes`` / ``user_codes``: ``(n, d)`` unsigned codes in ``[0, 2^bits - 1]``, held
+    packed as ``item_planes`` / ``user_planes`` (``(bits, n, W)`` uint64; :meth:`item_codes`
+    unpacks them). Raw scores are the integers ``<k_u, k_i>`` (odd levels
+    ``k = 2c - (2^b - 1)``); the model's score is ``(s_u s_i / 4) <k_u, k_i>``
+    (:meth:`dequantize`), so the ranking of a user is the ranking of the dequantized float
+    scores. Raises :class:`~hqgnn.errors.ConfigError` for ``bits`` outside 1..8, an unknown
+    kernel or backend, ``ValueError`` for codes out of range or of mismatched dimensions.
 
     ``kernel`` (exact backend): ``"auto"`` (:data:`DEFAULT_KERNEL`), ``"bitplane"``
     (XOR + popcount, integer-only; compiled and fused with the selection when numba
@@ -419,7 +342,7 @@ class QuantizedIndex(_Index):
             n_users = len(user_ids)  # an item-only index that still knows its users' ids and history
         if kernel not in QUANTIZED_KERNELS:
             raise ConfigError(f"kernel={kernel!r} is unknown (choose from {', '.join(QUANTIZED_KERNELS)})")
-        if kernel == "int8-dot" and not K.Int8DotKernel.available():
+        if kernel == "int8-dot" and not Int8DotKernel.available():
             raise ConfigError("kernel='int8-dot' needs a CPU with AVX-512 VNNI (and numba); "
                               "use kernel='int8-mm' or 'auto'")
         self.kernel_name = default_kernel(self.bits) if kernel == "auto" else kernel
@@ -446,7 +369,7 @@ class QuantizedIndex(_Index):
         return cls(None, art.bits, user_scale=art.user_scale, item_scale=art.item_scale, user_ids=art.user_ids,
                    item_ids=art.item_ids, train=(art.train_indptr, art.train_indices), model=art.model,
                    data_fingerprint=art.data_fingerprint, extra=art.extra,
-                   _planes=(art.item_codes, art.user_codes, art.dim), **kwargs)
+                   _planes=(art.item_planes, art.user_planes, art.dim), **kwargs)
 
     # ----- codes
     def item_codes(self) -> np.ndarray:
@@ -498,16 +421,16 @@ class QuantizedIndex(_Index):
     def _kernel(self):
         if self._kernel_obj is None:
             if self.kernel_name in ("bitplane", "bitplane-numpy"):
-                self._kernel_obj = K.PlaneKernel(self.item_planes, self.bits, self.dim,
+                self._kernel_obj = PlaneKernel(self.item_planes, self.bits, self.dim,
                                                  compiled=self.kernel_name == "bitplane")
             elif self.kernel_name == "gemm":
-                self._kernel_obj = K.CodeGemmKernel(self.item_codes(), self.bits)
+                self._kernel_obj = CodeGemmKernel(self.item_codes(), self.bits)
             elif self.kernel_name == "int8-mm":
-                self._kernel_obj = K.Int8MatmulKernel(self.item_codes(), self.bits)
+                self._kernel_obj = Int8MatmulKernel(self.item_codes(), self.bits)
             elif self.kernel_name == "int8-dot":
-                self._kernel_obj = K.Int8DotKernel(self.item_codes(), self.bits)
+                self._kernel_obj = Int8DotKernel(self.item_codes(), self.bits)
             else:
-                self._kernel_obj = K.IntMatmulKernel(self.item_codes(), self.bits)
+                self._kernel_obj = IntMatmulKernel(self.item_codes(), self.bits)
         return self._kernel_obj
 
     def _uses_planes(self) -> bool:
@@ -539,40 +462,6 @@ class QuantizedIndex(_Index):
             raise RetrievalError(f"query codes: {exc}") from None
         return pack_codes(q, self.bits) if self._uses_planes() else q
 
-    # ----- faiss (1 bit): Hamming distance h -> score d - 2h
-    def _faiss_index(self):
-        if self._faiss is None:
-            import faiss
-
-            nbits = 64 * self.item_planes.shape[2]
-            xb = np.ascontiguousarray(self.item_planes[0]).view(np.uint8)
-            p = self.backend_params
-            if self.backend == "faiss-flat":
-                index = faiss.IndexBinaryFlat(nbits)
-            elif self.backend == "faiss-hnsw":
-                index = faiss.IndexBinaryHNSW(nbits, int(p.get("M", 32)))
-                index.hnsw.efConstruction = int(p.get("efConstruction", 64))
-            else:
-                # faiss wants >= 39 training points per list
-                nlist = int(p.get("nlist", max(1, min(4096, int(4 * np.sqrt(self.n_items)), self.n_items // 39))))
-                quantizer = faiss.IndexBinaryFlat(nbits)
-                index = faiss.IndexBinaryIVF(quantizer, nbits, nlist)
-                index.own_fields = True
-                quantizer.this.disown()
-                index.train(xb)
-            index.add(xb)
-            self._faiss = index
-        return self._faiss
-
-    def _faiss_queries(self, q):
-        return np.ascontiguousarray(q[0]).view(np.uint8)
-
-    def _faiss_scores(self, dist):
-        return (self.dim - 2 * dist.astype(np.int64)).astype(np.int32)
-
-    def _pad_score(self, dtype):
-        return np.int32(np.iinfo(np.int32).min)
-
     # ----- persistence
     def _export_users(self):
         return None if self.user_planes is None else self.user_codes()
@@ -592,7 +481,11 @@ class QuantizedIndex(_Index):
 
 # ---------------------------------------------------------------- float
 class FloatIndex(_Index):
-    """Exact float32 inner-product retrieval: the full-precision reference with the same interface."""
+    """Exact float32 inner-product retrieval: the full-precision reference with the same interface.
+
+    ``item_emb`` / ``user_emb``: ``(n, d)`` float32 embeddings; raw scores are the float32
+    inner products, which are also the model's scores. Raises ``ValueError`` for embeddings
+    that are not ``(n, d)`` with one ``d``."""
 
     bits = FLOAT_BITS
 
@@ -625,7 +518,7 @@ class FloatIndex(_Index):
         art = path if isinstance(path, Artifact) else read_artifact(path, mmap=mmap, bits=bits)
         if not art.is_float:
             raise CheckpointError(f"{art.path}: artifact holds {art.bits}-bit codes; open it with QuantizedIndex")
-        return cls(art.item_codes, user_emb=art.user_codes, user_ids=art.user_ids, item_ids=art.item_ids,
+        return cls(art.item_embeddings, user_emb=art.user_embeddings, user_ids=art.user_ids, item_ids=art.item_ids,
                    train=(art.train_indptr, art.train_indices), model=art.model,
                    data_fingerprint=art.data_fingerprint, extra=art.extra, **kwargs)
 
@@ -637,7 +530,7 @@ class FloatIndex(_Index):
 
     def _kernel(self):
         if self._kernel_obj is None:
-            self._kernel_obj = K.GemmKernel(self.item_emb)
+            self._kernel_obj = GemmKernel(self.item_emb)
         return self._kernel_obj
 
     def _count(self, q) -> int:
@@ -664,24 +557,6 @@ class FloatIndex(_Index):
 
     def _item_value_scale(self) -> float:
         return 1.0
-
-    def _faiss_index(self):
-        if self._faiss is None:
-            import faiss
-
-            index = faiss.IndexFlatIP(self.dim)
-            index.add(np.ascontiguousarray(self.item_emb))
-            self._faiss = index
-        return self._faiss
-
-    def _faiss_queries(self, q):
-        return np.ascontiguousarray(q, dtype=np.float32)
-
-    def _faiss_scores(self, dist):
-        return dist.astype(np.float32)
-
-    def _pad_score(self, dtype):
-        return np.float32(-np.inf)
 
     def _export_users(self):
         return self.user_emb

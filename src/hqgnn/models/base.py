@@ -1,5 +1,8 @@
 """What every trainable recommender shares: the LightGCN encoder and the BPR loss.
 
+BPR: Rendle et al., *BPR: Bayesian Personalized Ranking from Implicit Feedback*, UAI 2009,
+https://arxiv.org/abs/1205.2618 (docs/method.md, 'Training').
+
 A model turns the encoder's final embeddings into *scoring embeddings*
 (quantized and dequantized for the quantized models), whose inner product is
 the score used in training, in evaluation and, as integer codes, in retrieval.
@@ -127,9 +130,19 @@ def choose_negatives(user_table, item_table, users, pos, neg, mode: str = "unifo
 
 
 class ScoringModel(nn.Module):
-    """Base class: full-precision LightGCN scoring (subclasses quantize)."""
+    """``lightgcn``: full-precision scores <e_u, e_i> of the encoder's final embeddings, trained with
+    BPR (matrix factorisation when the encoder has 0 layers). The base class of every method:
+    the quantized ones override :meth:`scoring_embeddings` (and export codes).
+
+    Args: ``encoder`` (:class:`~hqgnn.models.encoder.LightGCN`), ``negative_sampling``
+    (``"uniform"`` | ``"hard"``, :func:`choose_negatives`).
+
+    The graph ``adj`` every method takes is the encoder's (:func:`hqgnn.models.build_graph`;
+    None for 0 layers). Shapes: scoring embeddings ``(n_users, d')`` and ``(n_items, d')``.
+    """
 
     quantized = False
+    uses_hessian = False
 
     def __init__(self, encoder: LightGCN, negative_sampling: str = "uniform"):
         super().__init__()

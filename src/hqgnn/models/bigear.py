@@ -1,7 +1,10 @@
-"""BiGeaR's layer-wise binarized representation (Chen et al., KDD 2022), a 1-bit baseline.
+"""BiGeaR's layer-wise binarized representation, a 1-bit baseline.
+
+Y. Chen et al., *Learning Binarized Graph Representations with Multi-faceted Quantization
+Reinforcement for Top-K Recommendation*, KDD 2022, https://arxiv.org/abs/2206.02115.
 
 Each LightGCN layer E^l is coded on its own, per node: q^l = a^l * sign(E^l) with
-a^l = mean |E^l| over the node's d entries (METHOD.md section 7). The representation
+a^l = mean |E^l| over the node's d entries (docs/method.md, 'Baselines'). The representation
 is the concatenation over layers weighted as LightGCN sums them,
 q = [alpha_0 q^0, ..., alpha_L q^L], so the score is
 
@@ -11,7 +14,7 @@ q = [alpha_0 q^0, ..., alpha_L q^L], so the score is
 the scales. Training is BPR on these scores.
 
 What is BiGeaR's and what is not (a choice, stated so that tables say what they compare):
-* implemented: graph layer-wise binarization with per-node rescaling, the part METHOD.md names,
+* implemented: graph layer-wise binarization with per-node rescaling, the part docs/method.md names,
   and its pre-training stage as an option (``from_run``: start from a trained LightGCN run);
 * not implemented: BiGeaR's inference distillation from a full-precision teacher and its
   Fourier-series gradient; the sign uses the same identity STE as ``hashgnn``
@@ -29,7 +32,6 @@ import math
 
 import torch
 
-from ..config import Config
 from ..errors import ConfigError
 from .base import ScoringModel
 from .encoder import LightGCN
@@ -44,10 +46,19 @@ def sign_with_identity_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class BiGeaRModel(ScoringModel):
+    """``bigear``: scores <q_u, q_i> of the layer-wise codes q = [alpha_0 a^0 b^0, ..., alpha_L a^L b^L]
+    (see the module docstring), trained with BPR through the sign's identity STE.
+
+    Args: ``encoder`` (its layers and weights are the code's layers and weights),
+    ``negative_sampling`` (:func:`~hqgnn.models.base.choose_negatives`).
+
+    Shapes: scoring embeddings ``(n_users, (L + 1) d)`` and ``(n_items, (L + 1) d)``.
+    """
+
     quantized = True
 
-    def __init__(self, encoder: LightGCN, cfg: Config):
-        super().__init__(encoder, cfg.negative_sampling)
+    def __init__(self, encoder: LightGCN, negative_sampling: str = "uniform"):
+        super().__init__(encoder, negative_sampling)
         self.bits = 1
 
     def layer_codes(self, adj) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -1,8 +1,8 @@
-"""LightGCN encoder (He et al., SIGIR 2020); matrix factorisation is the L = 0 case.
+"""LightGCN encoder (He et al., SIGIR 2020, arXiv:2002.02126); matrix factorisation is the L = 0 case.
 
 The layer-0 table E0 (users then items) is the only weight. The final
 embedding is E = sum_l alpha_l * A_hat^l E0 with alpha_l = 1 / (L + 1) unless
-other layer weights are given.
+other layer weights are given (docs/method.md, 'Encoder').
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from ..graph import propagate
 
 
 def propagation_layers(model: str, layers: int) -> int:
-    """The layers a model's encoder propagates: ``mf`` is LightGCN with none."""
+    """The layers a model's encoder propagates, from the settings as saved: ``mf`` (the old
+    spelling of ``model: lightgcn, layers: 0``, still in version-1 run folders) propagates none."""
     return 0 if model == "mf" else layers
 
 
@@ -35,6 +36,37 @@ def propagation_weights(model: str, layers: int, layer_weights: Optional[Sequenc
 
 
 class LightGCN(nn.Module):
+    r"""The LightGCN encoder: one embedding table E^0, propagated without weights or nonlinearity.
+
+    He et al., *LightGCN: Simplifying and Powering Graph Convolution Network for
+    Recommendation*, SIGIR 2020, https://arxiv.org/abs/2002.02126.
+
+    .. math::
+        E^{(l+1)} = \hat A E^{(l)}, \qquad
+        E = \sum_{l=0}^{L} \alpha_l E^{(l)}, \qquad
+        \hat A = D^{-1/2} A D^{-1/2},\; A = \begin{bmatrix} 0 & R \\ R^T & 0 \end{bmatrix}
+
+    with R the (users x items) training interactions and alpha_l = 1 / (L + 1) by default.
+    ``layers=0`` is matrix factorisation: E = E^0 (alpha_0 = 1).
+
+    Args:
+        n_users, n_items: table sizes; rows 0 .. n_users - 1 are users, then items.
+        dim: embedding size d.
+        layers: propagation depth L >= 0.
+        layer_weights: alpha_0 .. alpha_L (L + 1 numbers); uniform when None.
+        init_std: E^0 is drawn from N(0, init_std^2).
+        generator: the random generator of the initialisation (torch's global one when None).
+
+    Shapes:
+        - ``embedding`` (the weight E^0): ``(n_users + n_items, dim)``
+        - input ``adj``: sparse ``(n_users + n_items, n_users + n_items)`` (:func:`hqgnn.graph.normalized_adjacency`),
+          or None when ``layers == 0``
+        - output: ``(n_users, dim)``, ``(n_items, dim)``
+
+    Raises:
+        ValueError: ``layer_weights`` does not hold ``layers + 1`` numbers.
+    """
+
     def __init__(
         self,
         n_users: int,
@@ -43,6 +75,7 @@ class LightGCN(nn.Module):
         layers: int = 3,
         layer_weights: Optional[Sequence[float]] = None,
         init_std: float = 0.1,
+        generator: Optional[torch.Generator] = None,
     ):
         super().__init__()
         self.n_users, self.n_items, self.dim, self.layers = n_users, n_items, dim, layers
@@ -52,7 +85,7 @@ class LightGCN(nn.Module):
             uniform_layer_weights(layers) if layer_weights is None else tuple(float(w) for w in layer_weights)
         )
         self.embedding = nn.Parameter(torch.empty(n_users + n_items, dim))
-        nn.init.normal_(self.embedding, std=init_std)
+        nn.init.normal_(self.embedding, std=init_std, generator=generator)
 
     def forward(self, adj: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Final (user, item) embeddings after propagation over ``adj``."""

@@ -1,5 +1,10 @@
 """Hutchinson's estimator of a Hessian trace: Tr(H) = E_v[v^T H v], v Rademacher.
 
+M. F. Hutchinson, *A stochastic estimator of the trace of the influence matrix for Laplacian
+smoothing splines*, Communications in Statistics - Simulation and Computation, 1990
+(docs/method.md, 'GSTE'). With Rademacher probes the estimate is unbiased and one probe's
+variance is 2 sum_{i != j} H_ij^2: exact for a diagonal H.
+
 Hessian-vector products come from double back-propagation (autograd.grad of
 the gradient with ``create_graph=True``); the Hessian is never formed.
 """
@@ -30,7 +35,12 @@ def hutchinson_trace(
     """Estimate Tr(d^2 loss_fn / dx^2) at ``x``.
 
     Stops after ``max_probes`` probes or once the running mean changes by
-    less than ``tol`` relative to its previous value (after ``min_probes``).
+    less than ``tol`` relative to its previous value (after ``min_probes``);
+    ``tol=0`` runs every probe. ``generator`` draws the probes (on the CPU).
+
+    Shapes: ``x`` any shape (N entries); ``loss_fn(x)`` a scalar. Returns a
+    :class:`TraceEstimate`: ``trace`` (float), ``probes`` (how many ran), ``grad``
+    (dL/dx at ``x``, the shape of ``x``).
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():

@@ -1,6 +1,9 @@
 """The b-bit quantizer Q_b (b = 1 ... 8) and the GSTE that trains through it.
 
-Grid (METHOD.md section 3): a symmetric mid-rise grid with step ``s``,
+HQ-GNN: Chen et al., *Hessian-aware Quantized Node Embeddings for Recommendation*,
+RecSys 2023, https://arxiv.org/abs/2309.01032.
+
+Grid (docs/method.md, 'Quantizer'): a symmetric mid-rise grid with step ``s``,
 
     z = x / s,   k = clamp(2 * floor(z) + 1, -(2^b - 1), 2^b - 1)  (k odd),
     x_hat = s * k / 2.
@@ -15,13 +18,13 @@ Grid (METHOD.md section 3): a symmetric mid-rise grid with step ``s``,
 
 Clipping range: |z| <= 2^(b-1), i.e. |x| <= s * 2^(b-1).
 
-Scale parameterisation (a choice METHOD.md leaves open):
+Scale parameterisation (a choice the paper leaves open; docs/method.md, 'Quantizer'):
 
-* ``calibrated`` (the configs' default): s is recomputed from each forward's
+* ``calibrated`` (the default, here and in every config): s is recomputed from each forward's
   statistics (no gradient) with the MSE-optimal clipping of a Gaussian
   (b = 1: levels at +-E|x|). Cheaper, no extra parameter.
 * ``learned``: s is a parameter per table, trained with the LSQ gradient
-  (Esser et al., 2020), initialised by the same rule on the first forward
+  (Esser et al., ICLR 2020, https://arxiv.org/abs/1902.08153), initialised by the same rule on the first forward
   pass; for 1 bit it also learns the BPR temperature (s_u s_i / 4).
 
 Measured on MovieLens-1M (configs/ml-1m-hqgnn.yaml at weight_decay 1e-4, Recall@50, mean of
@@ -60,7 +63,7 @@ def unsigned_to_codes(c: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class GSTEQuantize(torch.autograd.Function):
-    """x_hat = Q_b(x; s). Backward: the GSTE for x, the LSQ gradient for s.
+    """x_hat = Q_b(x; s). Backward: the GSTE for x (docs/method.md, 'GSTE'), the LSQ gradient for s.
 
     d L / d x = g * (1 + delta * sign(g) * (z - k / 2))   inside |z| <= w 2^(b-1), else 0,
     with z - k/2 the quantization error in units of the step s (so delta is
@@ -107,13 +110,47 @@ class GSTEQuantize(torch.autograd.Function):
 
 
 class Quantizer(nn.Module):
-    """Q_b for one embedding table (users or items) with its own step s and GSTE delta."""
+    r"""Q_b for one embedding table (users or items) with its own step s and GSTE delta.
 
-    def __init__(self, bits: int, scale_mode: str = "learned", clip_gradient: bool = True, window: float = 1.0):
+    docs/method.md, 'Quantizer' and 'GSTE'; HQ-GNN, https://arxiv.org/abs/2309.01032.
+
+    .. math::
+        z = x / s, \quad k = \mathrm{clamp}(2 \lfloor z \rfloor + 1, -(2^b - 1), 2^b - 1), \quad
+        \hat x = s k / 2
+
+    Backward (the GSTE), with g = dL / d x_hat, inside the clipping range
+    ``|z| <= window * 2^(b-1)``:
+
+    .. math::
+        \frac{\partial L}{\partial x} = g \odot (1 + \delta\, \mathrm{sign}(g) \odot (z - k/2))
+
+    and 0 outside; ``delta`` (a buffer, 0 = the straight-through estimator) is set by the
+    model (HQ-GNN: from the Hessian trace, :meth:`hqgnn.models.quantized.HQGNNModel.update_deltas`).
+
+    Args:
+        bits: b, from 1 (sign codes) to 8.
+        scale_mode: ``"calibrated"`` (default): s from each forward's statistics, no
+            gradient; ``"learned"``: s is a parameter trained with the LSQ gradient.
+        clip_gradient: True: the clipped (G)STE above; False: HashGNN's identity STE
+            through tanh (g * (1 - tanh(z)^2), no clipping).
+        window: the clipping range in units of the grid's range (1: the grid's).
+
+    Shapes:
+        - input ``x``: ``(n, d)`` (any shape), float
+        - output: like ``x``, values ``s * k / 2``
+        - :meth:`levels`: like ``x``, int32 odd levels k; :meth:`unsigned_codes`: uint8 c in [0, 2^b - 1]
+
+    Raises:
+        ValueError: ``bits`` outside 1 .. 8, or ``scale_mode`` not one of the two.
+    """
+
+    def __init__(self, bits: int, scale_mode: str = "calibrated", clip_gradient: bool = True, window: float = 1.0):
         super().__init__()
         self.window = float(window)
         if not 1 <= bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {bits}")
+        if scale_mode not in ("calibrated", "learned"):
+            raise ValueError(f"scale_mode must be 'calibrated' or 'learned', got {scale_mode!r}")
         self.bits = bits
         self.scale_mode = scale_mode
         self.clip_gradient = clip_gradient

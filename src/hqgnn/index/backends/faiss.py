@@ -1,4 +1,15 @@
-"""The faiss backends of :mod:`hqgnn.index.engine`: exclusion, tie order, and full lists.
+"""The faiss backends of :mod:`hqgnn.index.engine`: building the faiss index, exclusion, tie order, full lists.
+
+Imported only when an index is given a faiss backend (``import hqgnn.index`` does not
+import faiss, an optional dependency: ``pip install 'hqgnn[faiss]'``).
+
+Indexes. A 1-bit :class:`~hqgnn.index.engine.QuantizedIndex` uses faiss's binary
+indexes over its single bit plane (Hamming distance ``h``; the raw score is
+``d - 2h``, the exact backend's ``<k_u, k_i>``): ``faiss-flat`` (``IndexBinaryFlat``,
+exact), ``faiss-hnsw`` (``IndexBinaryHNSW``; ``M``, ``efConstruction``, ``efSearch``) and
+``faiss-ivf`` (``IndexBinaryIVF``; ``nlist``, ``nprobe``). A
+:class:`~hqgnn.index.engine.FloatIndex` uses ``IndexFlatIP`` (``faiss-flat``). The faiss
+index is built on first search and kept on the index object.
 
 faiss knows no exclusion: each query over-fetches ``k + (its excluded count)``
 candidates, the excluded ones are dropped and the rest re-ranked by (score, item
@@ -21,29 +32,97 @@ onto the shared faiss index, so concurrent searches do not disturb each other.
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
+import faiss
 import numpy as np
 
-from . import kernels as K
-from .select import csr_rows
+from ..kernels import GemmKernel, PlaneKernel
+from ..results import SearchResult
+from ..search import search_topk
+from ..select import csr_rows
 
 #: Queries per faiss call.
 BATCH = 1024
+_BUILD = threading.Lock()
 
 
-def search(ix, q, k: int, excl: Optional[tuple], threads: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of the prepared queries ``q`` on ``ix``'s faiss backend: ``(items, scores)``, each ``(nq, k)``.
+# ---------------------------------------------------------------- the faiss index of an index
+def _is_float(ix) -> bool:
+    return getattr(ix, "item_planes", None) is None
 
-    ``ix`` is a :class:`hqgnn.index.engine.QuantizedIndex` or ``FloatIndex``; ``excl`` an
-    ``(indptr, indices)`` CSR with one row per query, or None. Padding: item ``-1``.
+
+def build(ix):
+    """A new faiss index over ``ix``'s items for its backend (``ix.backend``, ``ix.backend_params``)."""
+    p = ix.backend_params
+    if _is_float(ix):
+        index = faiss.IndexFlatIP(ix.dim)
+        index.add(np.ascontiguousarray(ix.item_emb, dtype=np.float32))
+        return index
+    nbits = 64 * ix.item_planes.shape[2]
+    xb = np.ascontiguousarray(ix.item_planes[0]).view(np.uint8)
+    if ix.backend == "faiss-flat":
+        index = faiss.IndexBinaryFlat(nbits)
+    elif ix.backend == "faiss-hnsw":
+        index = faiss.IndexBinaryHNSW(nbits, int(p.get("M", 32)))
+        index.hnsw.efConstruction = int(p.get("efConstruction", 64))
+    else:
+        # faiss wants >= 39 training points per list
+        nlist = int(p.get("nlist", max(1, min(4096, int(4 * np.sqrt(ix.n_items)), ix.n_items // 39))))
+        quantizer = faiss.IndexBinaryFlat(nbits)
+        index = faiss.IndexBinaryIVF(quantizer, nbits, nlist)
+        index.own_fields = True
+        quantizer.this.disown()
+        index.train(xb)
+    index.add(xb)
+    return index
+
+
+def index_of(ix):
+    """``ix``'s faiss index, built on first use and kept (``ix._backend_state``; reset when the backend changes)."""
+    index = ix._backend_state.get("faiss")
+    if index is None:
+        with _BUILD:
+            index = ix._backend_state.get("faiss")
+            if index is None:
+                index = ix._backend_state["faiss"] = build(ix)
+    return index
+
+
+def queries(ix, q: np.ndarray) -> np.ndarray:
+    """Prepared queries (``(1, nq, W)`` planes or ``(nq, d)`` float32) in faiss's form (bytes or float32 rows)."""
+    if _is_float(ix):
+        return np.ascontiguousarray(q, dtype=np.float32)
+    return np.ascontiguousarray(q[0]).view(np.uint8)
+
+
+def _raw_scores(ix, dist: np.ndarray) -> np.ndarray:
+    """faiss's distances as the exact backend's raw scores: ``d - 2 Hamming`` (int32), or the float32 products."""
+    if _is_float(ix):
+        return dist.astype(np.float32)
+    return (ix.dim - 2 * dist.astype(np.int64)).astype(np.int32)
+
+
+def _pad_score(ix):
+    return np.float32(-np.inf) if _is_float(ix) else np.int32(np.iinfo(np.int32).min)
+
+
+# ---------------------------------------------------------------- search
+def search(ix, q: np.ndarray, k: int, excl: Optional[tuple], threads: Optional[int]) -> SearchResult:
+    """Top-``k`` of the prepared queries ``q`` on ``ix``'s faiss backend.
+
+    ``ix``: a :class:`~hqgnn.index.engine.QuantizedIndex` (1 bit; ``q`` are ``(1, nq, W)``
+    uint64 planes) or :class:`~hqgnn.index.engine.FloatIndex` (``q`` are ``(nq, d)``
+    float32); ``excl``: an ``(indptr, indices)`` CSR with one row per query, or None.
+    Returns a :class:`SearchResult` ``(items, raw_scores)``, each ``(nq, k)``, as the exact
+    backend's: best first, ties to the lower index, padding item ``-1`` only where a query
+    has fewer than ``k`` eligible items.
     """
-    import faiss
-
-    index = ix._faiss_index()
+    index = index_of(ix)
     if threads:
         faiss.omp_set_num_threads(int(threads))
-    xq = ix._faiss_queries(q)
+    xq = queries(ix, q)
     nq, n = len(xq), ix.n_items
     if excl is not None:
         excl = (np.asarray(excl[0], dtype=np.int64), np.asarray(excl[1], dtype=np.int64))
@@ -55,7 +134,7 @@ def search(ix, q, k: int, excl: Optional[tuple], threads: Optional[int]) -> tupl
         deg = n_excluded = np.zeros(nq, np.int64)
     need = np.minimum(k, n - n_excluded)  # what a full answer holds
     items = np.full((nq, k), -1, np.int64)
-    scores = np.full((nq, k), ix._pad_score(None))
+    scores = np.full((nq, k), _pad_score(ix))
     params = _initial_params(ix, index)
     rows = np.arange(nq, dtype=np.int64)
     while rows.size:  # widening rounds: at most log2(nlist) or log2(n_items) of them
@@ -68,20 +147,21 @@ def search(ix, q, k: int, excl: Optional[tuple], threads: Optional[int]) -> tupl
             break
     if rows.size:  # still short at the widest setting (e.g. an HNSW graph that does not reach every item)
         sub = csr_rows(excl[0], excl[1], rows) if excl is not None else None
-        items[rows], scores[rows] = K.search_topk(_exact_kernel(ix), _take(q, rows), k, exclude=sub, threads=threads)
-    return items, scores
+        items[rows], scores[rows] = search_topk(_exact_kernel(ix), _take(q, rows), k, exclude=sub, threads=threads)
+    return SearchResult(items, scores)
 
 
 def _search_rows(ix, index, xq, rows, k, excl, deg, params, out_items, out_scores) -> None:
     """Search the queries ``rows`` (in batches of similar excluded count) and write their rows of the output."""
     n = ix.n_items
+    pad = _pad_score(ix)
     rows = rows[np.argsort(deg[rows], kind="stable")]
     for lo in range(0, len(rows), BATCH):  # loop over query batches
         batch = rows[lo:lo + BATCH]
         kk = int(min(n, k + deg[batch].max()))
         dist, ids = index.search(np.ascontiguousarray(xq[batch]), kk, params=_search_params(index, params, kk))
         ids = ids.astype(np.int64)
-        raw = ix._faiss_scores(dist)
+        raw = _raw_scores(ix, dist)
         drop = ids < 0
         if excl is not None:
             sub_ptr, sub_ind = csr_rows(excl[0], excl[1], batch)
@@ -91,9 +171,9 @@ def _search_rows(ix, index, xq, rows, k, excl, deg, params, out_items, out_score
         ids, raw, drop = (np.take_along_axis(a, rank, 1) for a in (ids, raw, drop))
         width = ids.shape[1]
         out_items[batch] = -1
-        out_scores[batch] = ix._pad_score(None)
+        out_scores[batch] = pad
         out_items[batch, :width] = np.where(drop, -1, ids)
-        out_scores[batch, :width] = np.where(drop, ix._pad_score(None), raw)
+        out_scores[batch, :width] = np.where(drop, pad, raw)
 
 
 def _initial_params(ix, index) -> dict:
@@ -119,8 +199,6 @@ def _widened(index, params: dict, n_items: int, floor: int = 0) -> Optional[dict
 
 
 def _search_params(index, params: dict, kk: int):
-    import faiss
-
     if "nprobe" in params:
         return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
     if "efSearch" in params:
@@ -134,12 +212,12 @@ def _take(q, rows):
 
 
 def _exact_kernel(ix):
-    """An exact kernel taking the same prepared queries as the faiss backend."""
-    kernel = getattr(ix, "_faiss_exact_kernel", None)
+    """An exact kernel taking the same prepared queries as the faiss backend (kept with the faiss index)."""
+    kernel = ix._backend_state.get("exact")
     if kernel is None:
-        if getattr(ix, "item_planes", None) is not None:  # QuantizedIndex: faiss queries are bit planes
-            kernel = K.PlaneKernel(ix.item_planes, ix.bits, ix.dim)
-        else:  # FloatIndex: float vectors
-            kernel = K.GemmKernel(ix.item_emb)
-        ix._faiss_exact_kernel = kernel
+        if _is_float(ix):  # FloatIndex: float vectors
+            kernel = GemmKernel(ix.item_emb)
+        else:  # QuantizedIndex: faiss queries are bit planes
+            kernel = PlaneKernel(ix.item_planes, ix.bits, ix.dim)
+        ix._backend_state["exact"] = kernel
     return kernel
