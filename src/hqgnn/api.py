@@ -20,38 +20,11 @@ import numpy as np
 import torch
 
 from .config import Config
-from .data import SYNTHETIC, InteractionData, check_trainable, load_dataset, with_validation
+from .data import SYNTHETIC, InteractionData
 from .errors import CheckpointError, ConfigError, DataError
-from .models import build_graph, build_model, initial_model, load_weights, resolve_device, use_threads
-from .runs import CHECKPOINT, MODEL, RunFolder
-
-
-def prepare_data(cfg: Config, spec: Optional[str] = None, check: bool = True) -> InteractionData:
-    """Load the data a config names (with its preprocessing and split settings) and carve its
-    validation split; ``check``: refuse data BPR cannot train on (``data.check_trainable``)."""
-    spec = spec or cfg.data
-    if not spec:
-        raise ConfigError("setting data is missing: pass --data PATH (a LightGCN folder, a table file, or synthetic)")
-    data = load_dataset(
-        spec,
-        test_fraction=cfg.test_fraction,
-        split_seed=cfg.split_seed,
-        user_column=cfg.user_column,
-        item_column=cfg.item_column,
-        rating_column=cfg.rating_column,
-        timestamp_column=cfg.timestamp_column,
-        min_rating=cfg.min_rating,
-        min_user_interactions=cfg.min_user_interactions,
-        min_item_interactions=cfg.min_item_interactions,
-        duplicates=cfg.duplicates,
-        split_method=cfg.split_method,
-        train_test_overlap=cfg.train_test_overlap,
-        synthetic_options={"n_users": cfg.synthetic_users, "n_items": cfg.synthetic_items, "seed": cfg.synthetic_seed},
-    )
-    data = with_validation(data, cfg.val_fraction, cfg.split_seed)
-    if check:
-        check_trainable(data)
-    return data
+from .loading import build_index, load_run, prepare_data
+from .models import build_model, initial_model, resolve_device, use_threads
+from .runs import CHECKPOINT, RunFolder
 
 
 class Recommender:
@@ -151,25 +124,10 @@ class Recommender:
         ``model.pt`` is missing, damaged, holds NaN / inf, does not match the config, or was
         trained on other data than ``data``; :class:`~hqgnn.errors.DataError` for the data.
         """
-        run = RunFolder(run_dir)
-        cfg = run.read_config().updated({"device": device}, "load()")
-        state = run.read_model()
+        run = load_run(run_dir, data=data, device=device)
         obj = cls.__new__(cls)
-        obj.cfg = cfg
-        obj.data = data if isinstance(data, InteractionData) else prepare_data(cfg, data)
-        if state["data_fingerprint"] != obj.data.fingerprint():
-            raise CheckpointError(
-                f"{run.file(MODEL)}: trained on other data (fingerprint {state['data_fingerprint']}, "
-                f"given data {obj.data.fingerprint()})"
-            )
-        use_threads(cfg.threads)
-        model = build_model(cfg, obj.data.n_users, obj.data.n_items)
-        load_weights(model, state, run.file(MODEL))
-        target = resolve_device(device)
-        obj._model = model.to(target)
-        obj.adj = build_graph(model, obj.data.train, target)
+        obj.cfg, obj.data, obj._model, obj.adj, obj.metrics = run.cfg, run.data, run.model, run.adj, run.metrics
         obj.trainer = None
-        obj.metrics = run.read_metrics()
         return obj
 
     def save(self, run_dir: Union[str, Path]) -> None:
@@ -234,35 +192,19 @@ class Recommender:
         """The retrieval index that :meth:`recommend` answers from, built in memory once.
 
         It holds exactly what :func:`hqgnn.export.export_run` writes to an artifact
-        (:func:`hqgnn.export.model_codes`, the original ids, and the seen items of
-        :func:`hqgnn.evaluation.seen_items`), so the API, the CLI, the artifact engine
+        (:func:`hqgnn.loading.build_index`: the model's codes, the original ids, and the seen
+        items of :func:`hqgnn.evaluation.seen_items`), so the API, the CLI, the artifact engine
         and the HTTP server give one answer. Cached: rebuilt only when the model, its
         graph or any of its weights change (a new ``fit``, ``load``, or edited weights);
         building propagates the graph once, a cached answer not at all.
         """
-        from .evaluation import seen_items
-        from .export import model_codes
-        from .index.engine import FloatIndex, QuantizedIndex
-
         self._need_model()
         key = self._index_key()
         cached = getattr(self, "_index_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         model, adj, data = self._model, self.adj, self.data
-        try:
-            codes = model_codes(model, adj)
-        except ConfigError:  # a model the integer index cannot serve (bigear): its float scoring embeddings
-            u, i = model.eval_embeddings(adj)
-            codes = {"bits": 32, "user_codes": u.cpu().numpy().astype(np.float32),
-                     "item_codes": i.cpu().numpy().astype(np.float32), "user_scale": 1.0, "item_scale": 1.0}
-        common = dict(user_ids=data.original_user_ids(), item_ids=data.original_item_ids(), train=seen_items(data),
-                      model=self.cfg.model, data_fingerprint=data.fingerprint())
-        if codes["bits"] == 32:
-            index = FloatIndex.from_embeddings(codes["item_codes"], user_emb=codes["user_codes"], **common)
-        else:
-            index = QuantizedIndex.from_codes(codes["item_codes"], codes["bits"], user_codes=codes["user_codes"],
-                                              user_scale=codes["user_scale"], item_scale=codes["item_scale"], **common)
+        index = build_index(model, adj, data, self.cfg.model)
         # the key after building (calibrated scales are rewritten); holding the model, graph and
         # data keeps their ids from being reused by new objects while the key names them
         self._index_cache = (self._index_key(), index, (model, adj, data))

@@ -86,7 +86,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_recommend(args) -> int:
-    from .export import recommend_from_artifact
+    from .index.recommender import recommend_from_artifact
 
     print(_json(recommend_from_artifact(args.artifact, user=args.user, users_file=args.users, k=args.k,
                                         include_seen=args.include_seen, backend=args.backend)))
@@ -94,7 +94,7 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_similar(args) -> int:
-    from .export import similar_from_artifact
+    from .index.recommender import similar_from_artifact
 
     print(_json(similar_from_artifact(args.artifact, item=args.item, k=args.k, backend=args.backend)))
     return 0

@@ -1,49 +1,30 @@
-"""From a trained run to a deployable artifact, and recommendations from an artifact.
+"""From a trained run to a deployable artifact.
 
-``export_run(run_dir, out_file)`` quantizes the run's final embeddings with
-exactly the Q_b of training (``model.export_codes``) and writes one
-self-describing artifact (``hqgnn.index.artifact``). A full-precision run
-exports float32 embeddings (bits = 32), so both go through the same tools.
-
-``ArtifactRecommender`` is what the CLI (``recommend``, ``similar``) and the
-HTTP server use: original ids in, original ids out, on top of the index.
+``export_run(run_dir, out_file)`` quantizes the run's final embeddings with exactly the
+Q_b of training (:func:`hqgnn.loading.model_codes`) and writes one self-describing
+artifact (:mod:`hqgnn.index.artifact`). A full-precision run exports float32 embeddings
+(bits = 32), so both go through the same tools. Recommendations from an artifact are
+:mod:`hqgnn.index.recommender`'s (re-exported here for older imports).
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
+from .evaluation import seen_items
+from .index.artifact import export_from_arrays
+from .index.recommender import ArtifactRecommender, recommend_from_artifact, similar_from_artifact
+from .loading import load_run, model_codes
 
-from .errors import HQGNNError
-from .index.ids import check_k
-from .index.results import Recommendations
-
-
-def model_codes(model, adj) -> dict:
-    """What the artifact of a model holds: ``{"bits", "user_codes", "item_codes", "user_scale", "item_scale"}``.
-
-    Quantized models: their unsigned b-bit codes and scales, exactly the Q_b of training
-    (``model.export_codes``; a model the integer index cannot serve raises
-    :class:`hqgnn.errors.ConfigError`). Full-precision models: their final float32
-    embeddings (``bits`` 32, scales 1). :func:`export_run` writes these arrays and
-    :meth:`hqgnn.api.Recommender.recommend` builds its in-memory index from them, so both
-    rank with the same numbers.
-    """
-    if getattr(model, "quantized", False):
-        return model.export_codes(adj)
-    u, i = model.eval_embeddings(adj)
-    return {"bits": 32, "user_codes": u.cpu().numpy().astype(np.float32),
-            "item_codes": i.cpu().numpy().astype(np.float32), "user_scale": 1.0, "item_scale": 1.0}
+__all__ = ["ArtifactRecommender", "export_run", "model_codes", "recommend_from_artifact", "similar_from_artifact"]
 
 
 def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
     """Write the artifact of a trained run; returns a summary (sizes, checksum).
 
     The model is built from the run's config and its ``model.pt`` weights
-    (:meth:`hqgnn.api.Recommender.load`; no trainer). The artifact's exclusion matrix is
+    (:func:`hqgnn.loading.load_run`; no trainer). The artifact's exclusion matrix is
     :func:`hqgnn.evaluation.seen_items` (training + validation interactions): what
     ``exclude_seen`` leaves out at every entry point. ``data``: the run's data, if it moved.
 
@@ -51,16 +32,12 @@ def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
     ``model.pt``, other data) and :class:`~hqgnn.errors.ConfigError` (a model the integer
     index cannot serve: ``bigear``).
     """
-    from .api import Recommender
-    from .evaluation import seen_items
-    from .index.artifact import export_from_arrays
-
-    rec = Recommender.load(run_dir, data=data)
-    codes = model_codes(rec.model, rec.adj)
-    data_ = rec.data
+    run = load_run(run_dir, data=data)
+    codes = model_codes(run.model, run.adj)
+    data_ = run.data
     return export_from_arrays(
         out_file,
-        model=rec.cfg.model,
+        model=run.cfg.model,
         bits=codes["bits"],
         user_codes=codes["user_codes"],
         item_codes=codes["item_codes"],
@@ -70,124 +47,5 @@ def export_run(run_dir, out_file, data: Optional[str] = None) -> dict:
         item_ids=data_.original_item_ids(),
         train_csr=seen_items(data_),
         data_fingerprint=data_.fingerprint(),
-        extra_meta={"run_dir": str(Path(run_dir)), "dataset": data_.name, "dim": int(rec.cfg.dim)},
+        extra_meta={"run_dir": str(Path(run_dir)), "dataset": data_.name, "dim": int(run.cfg.dim)},
     )
-
-
-class ArtifactRecommender:
-    """Recommendations from an exported artifact, with original ids: what the CLI and the HTTP server use.
-
-    ``path``: the artifact (read with its checksum verified, arrays memory-mapped);
-    ``backend``: the index backend (``"exact"``, or for 1-bit codes ``"faiss-flat"`` /
-    ``"faiss-hnsw"`` / ``"faiss-ivf"``; ``"faiss-flat"`` for float). Every answer is a
-    :class:`~hqgnn.index.results.Recommendations` (``.to_records()`` is the JSON form).
-    Thread-safe for concurrent reads. Raises :class:`~hqgnn.errors.CheckpointError` for a
-    missing or bad artifact, :class:`~hqgnn.errors.ConfigError` for a backend it cannot use.
-    """
-
-    def __init__(self, path, backend: str = "exact"):
-        from .index.artifact import read_artifact
-        from .index.engine import FloatIndex, QuantizedIndex
-
-        self.path = Path(path)
-        self.artifact = read_artifact(self.path, mmap=True)  # checks magic, version, sizes, sha256
-        cls = FloatIndex if self.artifact.is_float else QuantizedIndex
-        self.index = cls.from_artifact(self.artifact, backend=backend)
-        self._popular_order: Optional[np.ndarray] = None
-        self._popular_counts: Optional[np.ndarray] = None
-        self._lock = threading.Lock()
-
-    # -- ids
-    @property
-    def n_users(self) -> int:
-        return self.index.n_users
-
-    @property
-    def n_items(self) -> int:
-        return self.index.n_items
-
-    @property
-    def user_map(self):
-        """The users' :class:`~hqgnn.index.ids.IdMap` (parse, known, to_index)."""
-        return self.index.user_map
-
-    @property
-    def item_map(self):
-        """The items' :class:`~hqgnn.index.ids.IdMap`."""
-        return self.index.item_map
-
-    def info(self) -> dict:
-        """The artifact and index, described: path, model, bits, dim, counts, format, sizes."""
-        art = self.artifact
-        return {"path": str(self.path), "model": art.model, "bits": art.bits, "dim": art.dim,
-                "n_users": self.n_users, "n_items": self.n_items, "file_bytes": art.file_size(),
-                "format_version": art.format_version, "data_fingerprint": art.data_fingerprint,
-                "index": repr(self.index), **self.index.memory_bytes()}
-
-    def recommend(self, users: Sequence, k: int = 50, exclude_seen: bool = True) -> Recommendations:
-        """Top-``k`` items per original user id: ``(len(users), k)`` :class:`Recommendations`.
-
-        ``scores`` are the model's (dequantized), ``queries`` the users in the artifact's own
-        id type (``"42"`` from a command line is 42); ``found``: how many items each row holds,
-        ``k`` unless the user has fewer than ``k`` eligible items (then all of them: seen items
-        -- training + validation -- are excluded unless ``exclude_seen`` is False).
-        Approximate backends widen their search until the list is full. Raises
-        :class:`~hqgnn.index.errors.RetrievalError` for an unknown user or ``k`` outside ``1 .. n_items``.
-        """
-        k = check_k(k, self.n_items)
-        return self.index.recommend(list(users), k=k, exclude_seen=exclude_seen)
-
-    def similar(self, item, k: int = 20) -> Recommendations:
-        """The ``k`` items most similar to one original item id (the item itself excluded):
-        a one-row :class:`Recommendations` with ``kind="item"``. ``k == n_items`` is taken as
-        ``n_items - 1`` (every other item). Raises :class:`~hqgnn.index.errors.RetrievalError`
-        for an unknown item or ``k`` outside ``1 .. n_items``."""
-        k = check_k(self.n_items - 1 if k == self.n_items else k, self.n_items)
-        return self.index.similar_items([item], k=k)
-
-    def popular(self, k: int, users: Optional[Sequence] = None) -> Recommendations:
-        """The cold-start fallback: the ``k`` items with the most training interactions (ties:
-        lower item index), ``scores`` the interaction counts, ``fallback="popular"``. One row per
-        id of ``users`` (any ids, known or not; default: one row with query ``None``).
-        Raises :class:`~hqgnn.index.errors.RetrievalError` for ``k`` outside ``1 .. n_items``."""
-        k = check_k(k, self.n_items)
-        if self._popular_order is None:
-            with self._lock:
-                if self._popular_order is None:
-                    counts = np.bincount(np.asarray(self.artifact.train_indices, dtype=np.int64),
-                                         minlength=self.n_items)
-                    self._popular_counts = counts
-                    self._popular_order = np.lexsort((np.arange(self.n_items), -counts))
-        top = self._popular_order[:k]
-        queries = np.empty(1, dtype=object) if users is None else np.asarray(list(users), dtype=object)
-        q = len(queries)
-        counts = self._popular_counts[top]
-        return Recommendations(queries=queries, items=np.broadcast_to(self.item_map.to_ids(top), (q, k)),
-                               scores=np.broadcast_to(counts.astype(np.float64), (q, k)),
-                               raw_scores=np.broadcast_to(counts, (q, k)), valid=np.ones((q, k), bool),
-                               fallback="popular")
-
-
-def _read_users_file(path) -> list:
-    p = Path(path)
-    if not p.is_file():
-        raise HQGNNError(f"{p}: users file not found")
-    users = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    if not users:
-        raise HQGNNError(f"{p}: no user ids (one per line expected)")
-    return users
-
-
-def recommend_from_artifact(artifact, user=None, users_file=None, k: int = 50, include_seen: bool = False,
-                            backend: str = "exact"):
-    """``hqgnn recommend``: the JSON records (:meth:`Recommendations.to_records`) of one user
-    (a dict) or of the users listed in ``users_file`` (a list of dicts)."""
-    rec = ArtifactRecommender(artifact, backend=backend)
-    users = [user] if user is not None else _read_users_file(users_file)
-    out = rec.recommend(users, k=k, exclude_seen=not include_seen).to_records()
-    return out[0] if user is not None else out
-
-
-def similar_from_artifact(artifact, item, k: int = 20, backend: str = "exact") -> dict:
-    """``hqgnn similar``: the JSON record of one item's neighbours ``{"item", "items", "scores", "found"}``."""
-    return ArtifactRecommender(artifact, backend=backend).similar(item, k=k).to_records()[0]

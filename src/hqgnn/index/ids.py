@@ -1,6 +1,6 @@
 """Original ids <-> dense indices, the one ``k`` check, and numpy scalars as Python values.
 
-Every entry point -- the index engine, :class:`hqgnn.export.ArtifactRecommender`, the
+Every entry point -- the index engine, :class:`hqgnn.index.recommender.ArtifactRecommender`, the
 CLI and the HTTP server -- maps ids and checks ``k`` here, so a bad request gets the same
 one-line :class:`~hqgnn.index.errors.RetrievalError` wherever it is made.
 """

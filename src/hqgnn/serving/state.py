@@ -20,7 +20,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import CheckpointError, HQGNNError
-from ..export import ArtifactRecommender
+from ..index.recommender import ArtifactRecommender
 from ..index.artifact import MAGIC, PREAMBLE
 from ..index.ids import IdMap, py_value
 from .errors import ApiError, one_line
@@ -55,7 +55,7 @@ def jsonable(x: Any) -> Any:
 class LoadedModel:
     """One loaded, checked artifact: the unit that a reload swaps in.
 
-    ``rec``: its :class:`~hqgnn.export.ArtifactRecommender`; ``checksum``: the sha256 in its
+    ``rec``: its :class:`~hqgnn.index.recommender.ArtifactRecommender`; ``checksum``: the sha256 in its
     preamble (hex); ``loaded_at``: unix seconds; ``load_seconds``: the load's duration;
     ``summary``: what ``/info`` reports (:func:`summary`).
     """
