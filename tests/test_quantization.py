@@ -484,3 +484,43 @@ def test_trained_quantized_models_start_from_a_full_precision_run(small_data, tm
     # ... and resumes without it: E0 comes from its checkpoint
     longer = Recommender(config=cfg.updated({"epochs": 3}, "test"), model="hqgnn")
     assert longer.fit(small_data, out_dir=tmp_path / "hq", resume=True, progress=False)["epochs"] == 3
+
+
+# ---------------------------------------------------------------- the nested (sign-plane) loss
+@pytest.mark.parametrize("model", ["hqgnn", "ste"])
+def test_sign_loss_is_bpr_on_the_codes_sign_plane(small_data, model):
+    from hqgnn.models import build_model
+    from hqgnn.models.base import gathered_bpr_loss
+
+    torch.manual_seed(0)
+    cfg = Config().updated({"model": model, "bits": 4, "dim": 8, "layers": 1, "sign_loss_weight": 0.5}, "test").validate()
+    net = build_model(cfg, small_data.n_users, small_data.n_items)
+    plain = build_model(cfg.updated({"sign_loss_weight": 0.0}, "test"), small_data.n_users, small_data.n_items)
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if "sign_quantizer" not in k})
+    users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8])
+    with_sign, _ = net.loss(None, users, pos, neg)
+    without, _ = plain.loss(None, users, pos, neg)
+    # independent answer: the sign plane of the 4-bit codes is sign(x) (mid-rise grid, 0 -> +1),
+    # scaled to 1-bit levels +-E|x| per table
+    u, i = net.encoder(None)
+    su, si = torch.where(u >= 0, 1.0, -1.0) * u.abs().mean(), torch.where(i >= 0, 1.0, -1.0) * i.abs().mean()
+    assert torch.equal(torch.sign(net.user_quantizer.levels(u).float()), torch.where(u >= 0, 1.0, -1.0))
+    expected = without + 0.5 * gathered_bpr_loss(su, si, users, pos, neg)
+    assert torch.allclose(with_sign, expected, rtol=1e-5, atol=1e-6)
+    with_sign.backward()
+    assert net.encoder.embedding.grad.abs().sum() > 0
+
+
+def test_sign_loss_off_keeps_the_model_layout():
+    from hqgnn.models import build_model
+
+    cfg = Config().updated({"model": "hqgnn", "bits": 4}, "test").validate()
+    assert not any("sign_quantizer" in k for k in build_model(cfg, 5, 7).state_dict())
+
+
+@pytest.mark.parametrize("settings_", [{"model": "hqgnn", "bits": 1}, {"model": "lightgcn"}, {"model": "hashgnn"}])
+def test_sign_loss_where_there_is_no_sign_plane_of_its_own_is_refused(settings_):
+    from hqgnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sign_loss_weight=0.5 applies to hqgnn and ste at bits >= 2"):
+        Config().updated({**settings_, "sign_loss_weight": 0.5}, "test").validate()

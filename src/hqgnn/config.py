@@ -62,6 +62,9 @@ class Config:
     bits: int = 4
     scale_mode: str = "calibrated"  # calibrated (from each forward's statistics) | learned (LSQ gradient)
     fp_loss_weight: float = 0.0  # weight of an extra full-precision BPR term (ablation)
+    # weight of a BPR term on the codes' sign plane (hqgnn / ste at bits >= 2): the nested loss
+    # that trains the 1-bit prefix a cascade search ranks candidates with; 0 = none
+    sign_loss_weight: float = 0.0
     ste_window: float = 1.0  # the straight-through gradient passes where |x| <= window * the grid's range
     hutchinson_probes: int = 50
     hutchinson_tol: float = 1e-3
@@ -144,6 +147,10 @@ class Config:
         need(1 <= self.bits <= 8, "bits", "an integer from 1 to 8")
         need(self.scale_mode in ("learned", "calibrated"), "scale_mode", "learned | calibrated")
         need(self.fp_loss_weight >= 0, "fp_loss_weight", ">= 0")
+        need(self.sign_loss_weight >= 0, "sign_loss_weight", ">= 0")
+        if self.sign_loss_weight > 0 and (self.model not in ("hqgnn", "ste") or self.bits < 2):
+            raise ConfigError(f"setting sign_loss_weight={self.sign_loss_weight:g} applies to hqgnn and ste at bits >= 2 "
+                              f"(their codes' sign plane), not to model={self.model!r} with bits={self.bits}")
         need(self.ste_window > 0, "ste_window", "> 0")
         need(isinstance(self.negatives, int) and self.negatives >= 1, "negatives", "an integer >= 1")
         need(self.negative_sampling in ("uniform", "hard"), "negative_sampling", "uniform | hard")

@@ -51,9 +51,9 @@ def method_arguments(cfg: "Config") -> dict:
         return {**args, "seed": cfg.seed}
     args.update(scale_mode=cfg.scale_mode, window=cfg.ste_window, fp_loss_weight=cfg.fp_loss_weight)
     if method == "ste":
-        return {**args, "bits": cfg.bits}
+        return {**args, "bits": cfg.bits, "sign_loss_weight": cfg.sign_loss_weight}
     if method == "hqgnn":
-        return {**args, "bits": cfg.bits, "delta_every": cfg.delta_every, "delta_warmup": cfg.delta_warmup,
+        return {**args, "bits": cfg.bits, "sign_loss_weight": cfg.sign_loss_weight, "delta_every": cfg.delta_every, "delta_warmup": cfg.delta_warmup,
                 "delta_scale": cfg.delta_scale, "hutchinson_probes": cfg.hutchinson_probes,
                 "hutchinson_tol": cfg.hutchinson_tol, "hutchinson_batches": cfg.hutchinson_batches}
     if method == "hashgnn":

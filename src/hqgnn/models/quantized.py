@@ -37,7 +37,9 @@ class QuantizedModel(ScoringModel):
     The base of the quantized methods: the GSTE's delta stays 0 (the clipped STE) unless a
     subclass sets it. Args: ``encoder``; ``bits`` (1 .. 8); ``scale_mode``, ``clip_gradient``,
     ``window`` (of both quantizers, see :class:`Quantizer`); ``fp_loss_weight``: the weight of an
-    extra BPR term on the full-precision embeddings (an ablation; 0 = none);
+    extra BPR term on the full-precision embeddings (an ablation; 0 = none); ``sign_loss_weight``:
+    the weight of a BPR term on the codes' sign plane, 1-bit codes of the same embeddings (the
+    nested loss of a cascade search; 0 = none);
     ``negative_sampling`` (:func:`~hqgnn.models.base.choose_negatives`).
     """
 
@@ -45,13 +47,21 @@ class QuantizedModel(ScoringModel):
     uses_hessian = False
 
     def __init__(self, encoder: LightGCN, bits: int, scale_mode: str = "calibrated", clip_gradient: bool = True,
-                 window: float = 1.0, fp_loss_weight: float = 0.0, negative_sampling: str = "uniform"):
+                 window: float = 1.0, fp_loss_weight: float = 0.0, negative_sampling: str = "uniform",
+                 sign_loss_weight: float = 0.0):
         super().__init__(encoder, negative_sampling)
         self.bits = bits
         self.fp_loss_weight = float(fp_loss_weight)
         self.user_quantizer = Quantizer(bits, scale_mode, clip_gradient, window)
         self.item_quantizer = Quantizer(bits, scale_mode, clip_gradient, window)
         self.soft_probability = 0.0
+        # the nested loss: BPR on the sign plane of the b-bit codes (the top bit plane, which is
+        # sign(x) for the mid-rise grid), so that the codes' own 1-bit prefix ranks well for a
+        # cascade search; its quantizers exist only when it is on (model.pt keeps its layout)
+        self.sign_loss_weight = float(sign_loss_weight)
+        if self.sign_loss_weight > 0:
+            self.user_sign_quantizer = Quantizer(1, "calibrated", clip_gradient, window)
+            self.item_sign_quantizer = Quantizer(1, "calibrated", clip_gradient, window)
 
     # ------------------------------------------------------------ forward
     def quantize(self, u: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +84,9 @@ class QuantizedModel(ScoringModel):
         loss = gathered_bpr_loss(uq, iq, users, pos, neg)
         if self.fp_loss_weight > 0:
             loss = loss + self.fp_loss_weight * gathered_bpr_loss(u, i, users, pos, neg)
+        if self.sign_loss_weight > 0:
+            us, is_ = self.user_sign_quantizer(u), self.item_sign_quantizer(i)
+            loss = loss + self.sign_loss_weight * gathered_bpr_loss(us, is_, users, pos, neg)
         return loss, {"triples": (users, pos, neg)}
 
     # ------------------------------------------------------------ export
@@ -161,8 +174,9 @@ class HQGNNModel(QuantizedModel):
     def __init__(self, encoder: LightGCN, bits: int, scale_mode: str = "calibrated", window: float = 1.0,
                  fp_loss_weight: float = 0.0, negative_sampling: str = "uniform", delta_every: int = 10,
                  delta_warmup: int = 0, delta_scale: float = 1.0, hutchinson_probes: int = 50,
-                 hutchinson_tol: float = 1e-3, hutchinson_batches: int = 3):
-        super().__init__(encoder, bits, scale_mode, True, window, fp_loss_weight, negative_sampling)
+                 hutchinson_tol: float = 1e-3, hutchinson_batches: int = 3, sign_loss_weight: float = 0.0):
+        super().__init__(encoder, bits, scale_mode, True, window, fp_loss_weight, negative_sampling,
+                         sign_loss_weight=sign_loss_weight)
         self.delta_every, self.delta_warmup, self.delta_scale = int(delta_every), int(delta_warmup), float(delta_scale)
         self.hutchinson_probes, self.hutchinson_tol = int(hutchinson_probes), float(hutchinson_tol)
         self.hutchinson_batches = int(hutchinson_batches)
