@@ -65,7 +65,7 @@ def test_overlapping_pair_is_refused_naming_file_line_user_item_and_count(tmp_pa
     with pytest.raises(DataError) as err:
         load_lightgcn_folder(d)
     msg = str(err.value)
-    assert f"{d / 'test.txt'}:1: user 0, item 0 is also in train.txt (1 such pairs)" in msg
+    assert f"{d / 'test.txt'}:1: user 0, item 0 is also in train.txt (1 such pair)" in msg
     assert "train_test_overlap=drop" in msg and "\n" not in msg
 
 

@@ -150,7 +150,8 @@ def load_lightgcn_folder(folder: Path, train_test_overlap: str = "error") -> Int
         if train_test_overlap == "error":
             raise DataError(
                 f"{te_path}:{int(te_l[first])}: user {int(te_u[first])}, item {int(te_i[first])} is also in "
-                f"{tr_path.name} ({pairs} such pairs); remove them from one file, or set train_test_overlap=drop "
+                f"{tr_path.name} ({pairs} such {'pair' if pairs == 1 else 'pairs'}); remove them from one file, or set "
+                f"train_test_overlap=drop "
                 "to drop them from test"
             )
         te_u, te_i = te_u[~both], te_i[~both]

@@ -204,7 +204,8 @@ def load_table(
         deg = np.diff(full.indptr)
         best = int(np.argmax(deg))
         raise DataError(
-            f"{path}: the test split is empty ({notes[0]}): no user has enough interactions to hold one out "
+            f"{path}: the test split is empty ({notes[0].split(': ', 1)[1]}): no user has enough interactions "
+            "to hold one out "
             f"(the most active, user {show_id(user_ids[best])}, has {int(deg[best])}); use more data, a larger "
             "test_fraction or split_method=leave_one_out"
         )
