@@ -280,8 +280,9 @@ def why_lines(main_rows, kernel_rows, n_items: int) -> list[str]:
         "takes over: one AVX-512 VNNI vpdpbusd does 64 uint8 x int8 multiply-adds (4 per int32 lane, 4x "
         "what a float32 FMA does), eight queries share every load of a 16-item block, and the selection is "
         "the 1-bit kernel's; its cost does not depend on b (up to 8), so 2, 4 and 8 bits run at about the "
-        "same speed. Where the CPU lacks VNNI the engine falls back to bit planes (2 bits) and torch's "
-        "int8 GEMM (3-8 bits), which are about as fast as float32 here (the Kernels table). Fastest exact "
+        "same speed. Where the CPU lacks VNNI the engine falls back to bit planes (2 bits) and the sgemm of "
+        "the exact integer levels (gemm, 3-8 bits), the fastest there (benchmarks/results/kernels-avx2.md: "
+        "torch's int8 GEMM has no fast int8 path on AVX2). Fastest exact "
         f"kernel per width in this run's Kernels table: {per_bits}.",
     ]
 

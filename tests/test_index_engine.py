@@ -197,12 +197,59 @@ def test_bad_requests_raise_clear_errors():
 
 def test_int8_dot_kernel_is_refused_without_vnni_and_chosen_with_it(monkeypatch):
     users, items = make_codes(4, seed=2)
-    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == ("int8-dot" if VNNI else "int8-mm")
+    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == ("int8-dot" if VNNI else "gemm")
     assert QuantizedIndex.from_codes(items % 2, 1, user_codes=users % 2).kernel_name == "bitplane"
     monkeypatch.setattr(K.Int8DotKernel, "available", staticmethod(lambda: False))
     with pytest.raises(ConfigError, match="int8-dot.*VNNI"):
         QuantizedIndex.from_codes(items, 4, user_codes=users, kernel="int8-dot")
-    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == "int8-mm"
+    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == "gemm"
+
+
+def test_default_kernels_without_and_with_vnni(monkeypatch):
+    """Without AVX-512 VNNI: the fastest exact kernel of benchmarks/results/kernels-avx2.md per width
+    (XOR + popcount for 1-2 bits, float sgemm of the levels for 3-8); with it, int8-dot from 2 bits."""
+    from hqgnn.index.engine import DEFAULT_KERNEL, default_kernel
+
+    monkeypatch.setattr(K.Int8DotKernel, "available", staticmethod(lambda: False))
+    want = {1: "bitplane", 2: "bitplane", **{b: "gemm" for b in range(3, 9)}}
+    assert DEFAULT_KERNEL == want
+    assert {b: default_kernel(b) for b in range(1, 9)} == want
+    for bits in (1, 2, 3, 8):
+        users, items = make_codes(bits, seed=bits, n_users=4, n_items=50)
+        assert QuantizedIndex.from_codes(items, bits, user_codes=users).kernel_name == want[bits]
+    # never the int8 matrix product: 0.04-0.05x float32 sgemm on AVX2 (kernels-avx2.md)
+    assert "int8-mm" not in want.values()
+    monkeypatch.setattr(K.Int8DotKernel, "available", staticmethod(lambda: True))
+    assert {b: default_kernel(b) for b in range(1, 9)} == {1: "bitplane", **{b: "int8-dot" for b in range(2, 9)}}
+
+
+@pytest.mark.parametrize("dim", [1, 64, 258, 259, 300])
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_default_kernel_equals_the_oracle_at_every_width_and_dim(monkeypatch, bits, dim):
+    """The default without VNNI is exact however large d m^2 gets: at 8 bits and d > 258 the
+    sums pass 2^24, where float32 is no longer guaranteed exact and the gemm kernel runs in float64.
+    Extreme codes (all 0 / all 2^b - 1) make the largest sums."""
+    from oracles import brute_force_scores, reference_topk
+
+    monkeypatch.setattr(K.Int8DotKernel, "available", staticmethod(lambda: False))
+    m = 2**bits - 1
+    users, items = make_codes(bits, seed=dim + bits, n_users=12, n_items=300, dim=dim)
+    users[0], items[0], items[1], items[2] = m, m, 0, m
+    items[2, : dim // 2] = 0
+    users[1] = 0
+    train = make_train(dim, n_users=12, n_items=300, density=0.05).tolil()
+    train[0, 0] = 0  # user 0 may be recommended item 0: the largest possible score
+    train = train.tocsr()
+    train.eliminate_zeros()
+    index = QuantizedIndex.from_codes(items, bits, user_codes=users, train=train)
+    if index.kernel_name == "gemm":
+        assert index._kernel().dtype == (np.float32 if dim * m**2 < 2**24 else np.float64)
+    got, scores = index.search(k=40, exclude="train")
+    S = brute_force_scores(codes_to_levels(users, bits), codes_to_levels(items, bits))
+    want, want_scores = reference_topk(S, 40, (train.indptr, train.indices))
+    assert np.array_equal(got, want)
+    assert np.array_equal(scores.astype(np.int64), want_scores.astype(np.int64))
+    assert scores[0, 0] == dim * m * m  # the largest score, exactly: all-top user and item
 
 
 def test_int8_kernel_at_eight_bits_uses_shifted_levels():
@@ -297,6 +344,28 @@ def test_faiss_rows_still_short_at_the_widest_setting_get_an_exact_search(monkey
     assert np.array_equal(got, want) and np.array_equal(scores, want_scores)
     ref = brute_force_order(S, train.toarray() > 0)
     assert all(got[u][got[u] >= 0].tolist() == ref[u][:1500] for u in range(len(S)))
+
+
+@needs_faiss
+def test_faiss_batches_group_queries_of_similar_over_fetch():
+    """One heavy user no longer sets the over-fetch (and HNSW's efSearch) of a whole call:
+    a batch's largest k + excluded count is at most FETCH_SPREAD times its smallest."""
+    from hqgnn.index.backends import faiss as faiss_backend
+
+    rng = np.random.default_rng(0)
+    deg = np.minimum(rng.geometric(1 / 27, 3000), 800)
+    deg[5] = 800
+    rows = rng.permutation(3000)[:2500]
+    k = 50
+    batches = faiss_backend._batches(rows, k, deg)
+    assert sorted(np.concatenate(batches).tolist()) == sorted(rows.tolist())
+    for b in batches:
+        assert 1 <= len(b) <= faiss_backend.BATCH
+        assert (k + deg[b]).max() <= faiss_backend.FETCH_SPREAD * (k + deg[b]).min()
+    order = np.concatenate(batches)
+    assert np.all(np.diff(deg[order]) >= 0)
+    # users without excluded items share batches of at most BATCH
+    assert [len(b) for b in faiss_backend._batches(np.arange(2500), k, np.zeros(2500, np.int64))] == [1024, 1024, 452]
 
 
 @needs_faiss

@@ -188,7 +188,7 @@ class Recommender:
 
         return IdMap(self.data.original_user_ids(), self.data.n_users, "user").to_index(user_ids)
 
-    def index(self):
+    def index(self, backend: str = "exact", **backend_params):
         """The retrieval index that :meth:`recommend` answers from, built in memory once.
 
         It holds exactly what :func:`hqgnn.export.export_run` writes to an artifact
@@ -197,25 +197,36 @@ class Recommender:
         and the HTTP server give one answer. Cached: rebuilt only when the model, its
         graph or any of its weights change (a new ``fit``, ``load``, or edited weights);
         building propagates the graph once, a cached answer not at all.
+
+        ``backend`` (``"exact"``; ``"cascade"`` for b-bit codes; ``"faiss-*"`` as the engine's
+        ``backend=``) and its ``backend_params`` (``candidates=C`` for ``"cascade"``): a view
+        of the same index searched that way (``index.with_backend``, :func:`hqgnn.index.backends.with_backend`),
+        kept with it. Raises :class:`~hqgnn.errors.ConfigError` for a backend the index cannot use.
         """
         self._need_model()
         key = self._index_key()
         cached = getattr(self, "_index_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        model, adj, data = self._model, self.adj, self.data
-        index = build_index(model, adj, data, self.cfg.model)
-        # the key after building (calibrated scales are rewritten); holding the model, graph and
-        # data keeps their ids from being reused by new objects while the key names them
-        self._index_cache = (self._index_key(), index, (model, adj, data))
-        return index
+        if cached is None or cached[0] != key:
+            model, adj, data = self._model, self.adj, self.data
+            index = build_index(model, adj, data, self.cfg.model)
+            # the key after building (calibrated scales are rewritten); holding the model, graph and
+            # data keeps their ids from being reused by new objects while the key names them
+            cached = self._index_cache = (self._index_key(), index, (model, adj, data), {})
+        index, views = cached[1], cached[3]
+        if backend == "exact" and not backend_params:
+            return index
+        view_key = (backend, tuple(sorted(backend_params.items())))
+        if view_key not in views:
+            views[view_key] = index.with_backend(backend, **backend_params)
+        return views[view_key]
 
     def _index_key(self) -> tuple:
         model, adj = self._model, self.adj
         tensors = model.state_dict(keep_vars=True).values()
         return id(model), id(adj), id(self.data), tuple((id(t), t._version) for t in tensors)
 
-    def recommend(self, user_ids: Sequence, k: int = 10, exclude_seen: bool = True) -> "TopK":
+    def recommend(self, user_ids: Sequence, k: int = 10, exclude_seen: bool = True, backend: str = "exact",
+                  **backend_params) -> "TopK":
         """Top-k original item ids and model scores for each original user id, best first.
 
         Answered by the artifact engine (:meth:`index`): the same items and scores as
@@ -227,6 +238,8 @@ class Recommender:
             user_ids: original user ids (a sequence or array of ``q`` ids, or one id).
             k: how many items per user, 1 .. n_items.
             exclude_seen: leave out each user's seen items.
+            backend, backend_params: how the index is searched (:meth:`index`), e.g.
+                ``backend="cascade", candidates=500``; the default is exact.
 
         Returns a :class:`TopK`: it unpacks as ``items, scores``, each of shape
         ``(len(user_ids), k)``. **Fewer than k:** a user with fewer than ``k`` eligible
@@ -241,7 +254,8 @@ class Recommender:
         n_items = self.data.n_items
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n_items:
             raise DataError(f"k={k!r} is out of range: expected 1 .. {n_items}")
-        recs = self.index().recommend(np.atleast_1d(np.asarray(user_ids)), k=int(k), exclude_seen=exclude_seen)
+        recs = self.index(backend, **backend_params).recommend(np.atleast_1d(np.asarray(user_ids)), k=int(k),
+                                                               exclude_seen=exclude_seen)
         return TopK(recs.items, recs.scores, recs.valid)
 
 

@@ -80,7 +80,9 @@ def cmd_demo(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    info = export_run(args.run_dir, args.out_file, data=args.data)
+    info = export_run(args.run_dir, args.out_file, data=args.data, format=args.format)
+    if info.get("note"):
+        print(f"hqgnn: note: {info['note']}", file=sys.stderr)
     print(_json(info))
     return 0
 
@@ -88,15 +90,35 @@ def cmd_export(args) -> int:
 def cmd_recommend(args) -> int:
     from .index.recommender import recommend_from_artifact
 
+    params = _backend_params(args)
+    if args.all_users or args.out or args.shard:
+        return _recommend_all(args, params)
     print(_json(recommend_from_artifact(args.artifact, user=args.user, users_file=args.users, k=args.k,
-                                        include_seen=args.include_seen, backend=args.backend)))
+                                        include_seen=args.include_seen, backend=args.backend, backend_params=params)))
+    return 0
+
+
+def _recommend_all(args, backend_params: dict) -> int:
+    """``hqgnn recommend --all-users --out FILE.parquet``: every user's top-K, streamed to Parquet."""
+    from .errors import ConfigError
+    from .index.batch import parse_shard, recommend_all
+
+    if not args.all_users:
+        raise ConfigError("--out and --shard go with --all-users (the top-K of every user, to a Parquet file)")
+    if not args.out:
+        raise ConfigError("--all-users needs --out FILE.parquet")
+    shard = parse_shard(args.shard)  # a bad --shard fails before the artifact is read
+    print(_json(recommend_all(args.artifact, args.k, args.out, shard=shard, backend=args.backend,
+                              backend_params=backend_params, batch_users=args.batch_users, threads=args.threads,
+                              exclude_seen=not args.include_seen, progress=not args.quiet)))
     return 0
 
 
 def cmd_similar(args) -> int:
     from .index.recommender import similar_from_artifact
 
-    print(_json(similar_from_artifact(args.artifact, item=args.item, k=args.k, backend=args.backend)))
+    print(_json(similar_from_artifact(args.artifact, item=args.item, k=args.k, backend=args.backend,
+                                      backend_params=_backend_params(args))))
     return 0
 
 
@@ -104,8 +126,24 @@ def cmd_serve(args) -> int:
     from .serving import serve
 
     serve(args.artifact, host=args.host, port=args.port, workers=args.workers, fallback=args.fallback,
-          max_batch=args.max_batch)
+          max_batch=args.max_batch, backend=args.backend, backend_params=_backend_params(args))
     return 0
+
+
+def _backend_params(args) -> dict:
+    """The index backend's settings from the flags: ``--candidates C`` (``--backend cascade`` only)."""
+    if args.candidates is None:
+        return {}
+    if args.backend != "cascade":
+        raise HQGNNError(f"--candidates goes with --backend cascade, not --backend {args.backend}")
+    return {"candidates": args.candidates}
+
+
+def _backend_flags(parser, default_help: str) -> None:
+    parser.add_argument("--backend", default="exact", help=default_help + "; cascade (b bits): the top --candidates "
+                        "items by Hamming distance on the sign bit plane, re-ranked exactly")
+    parser.add_argument("--candidates", type=int, metavar="C",
+                        help="with --backend cascade: sign-plane candidates per query (default 1000; at least k are used)")
 
 
 def cmd_experiment(args) -> int:
@@ -170,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir")
     x.add_argument("out_file")
     x.add_argument("--data", help="the run's data, if it moved")
+    x.add_argument("--format", choices=["hqgnn", "faiss"], default="hqgnn",
+                   help="hqgnn: the artifact; faiss: a FAISS index of the item codes (1 bit: binary; 2..8 bits: "
+                        "scalar quantizer of the codes; float32: flat inner product) with OUT.json and "
+                        "OUT.users.npz; RUN may then also be an .hqgnn artifact")
     x.set_defaults(func=cmd_export)
 
     r = sub.add_parser("recommend", help="top-K items for users, from an exported artifact")
@@ -177,16 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     who = r.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="an original user id")
     who.add_argument("--users", help="a file with one original user id per line")
+    who.add_argument("--all-users", action="store_true",
+                     help="every user's top-K, streamed to --out FILE.parquet (long format: user, rank, item, score)")
+    r.add_argument("--out", help="with --all-users: the Parquet file to write (atomically)")
+    r.add_argument("--shard", metavar="I/N", help="with --all-users: only the I-th of N user ranges (1 <= I <= N)")
+    r.add_argument("--batch-users", type=int, default=2048, help="with --all-users: users per search and row group")
+    r.add_argument("--threads", type=int, help="with --all-users: search threads (default: every CPU)")
+    r.add_argument("--quiet", action="store_true", help="with --all-users: no progress bar")
     r.add_argument("--k", type=int, default=50)
     r.add_argument("--include-seen", action="store_true", help="do not exclude the user's seen items (training + validation interactions)")
-    r.add_argument("--backend", default="exact", help="exact | faiss-flat | faiss-hnsw | faiss-ivf (1 bit)")
+    _backend_flags(r, "exact | cascade | faiss-flat | faiss-hnsw | faiss-ivf (1 bit)")
     r.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("similar", help="item-to-item neighbours from an exported artifact")
     s.add_argument("artifact")
     s.add_argument("--item", required=True, help="an original item id")
     s.add_argument("--k", type=int, default=20)
-    s.add_argument("--backend", default="exact")
+    _backend_flags(s, "exact | cascade | faiss-flat | faiss-hnsw | faiss-ivf (1 bit)")
     s.set_defaults(func=cmd_similar)
 
     v = sub.add_parser("serve", help="serve an exported artifact over HTTP")
@@ -196,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--workers", type=int, default=1)
     v.add_argument("--fallback", choices=["none", "popular"], default="none")
     v.add_argument("--max-batch", type=int, default=1024)
+    _backend_flags(v, "exact | cascade | faiss-flat | faiss-hnsw | faiss-ivf (1 bit)")
     v.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("experiment", help="run a grid of data sets x models x bits x seeds (resumable)")
@@ -224,6 +274,11 @@ def main(argv: Optional[list] = None) -> int:
     except KeyboardInterrupt:
         print("hqgnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hqgnn ... | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,8 @@
   :class:`SearchResult` ``(items, raw_scores)``, ``recommend`` -> :class:`Recommendations`;
 * :mod:`~hqgnn.index.ids`      -- :class:`IdMap` and :func:`check_k`, used by every entry point;
 * :mod:`~hqgnn.index.artifact` -- the single-file, checksummed, memory-mapped export format;
-* :mod:`~hqgnn.index.backends` -- faiss, imported only when a faiss backend is asked for.
+* :mod:`~hqgnn.index.backends` -- faiss (imported only when a faiss backend is asked for) and
+  the cascade (sign-plane candidates re-ranked exactly).
 """
 
 from .artifact import Artifact, export_from_arrays, read_artifact, write_artifact

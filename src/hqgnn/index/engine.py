@@ -7,7 +7,7 @@
   (default; the kernels of :mod:`hqgnn.index.kernels` run by :mod:`hqgnn.index.search`)
   and, for 1 bit, the faiss binary indexes ``"faiss-flat"`` (exact Hamming),
   ``"faiss-hnsw"`` and ``"faiss-ivf"`` (approximate; :mod:`hqgnn.index.backends.faiss`,
-  imported only when asked for).
+  imported only when asked for); ``"cascade"`` (:mod:`hqgnn.index.backends.cascade`).
 * :class:`FloatIndex` -- float32 embeddings, scored by the float inner product
   (``"exact"``: BLAS sgemm + exact selection; ``"faiss-flat"``: ``IndexFlatIP``).
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from .artifact import FLOAT_BITS, Artifact, export_from_arrays, read_artifact
-from .backends import FAISS_BACKENDS
+from .backends import CASCADE, FAISS_BACKENDS, cascade, with_backend
 from .errors import RetrievalError
 from .ids import IdMap, check_k
 from .kernels import CodeGemmKernel, GemmKernel, Int8DotKernel, Int8MatmulKernel, IntMatmulKernel, Kernel, PlaneKernel
@@ -52,13 +52,33 @@ __all__ = ["DEFAULT_KERNEL", "EXACT", "FAISS_BACKENDS", "FloatIndex", "IdMap", "
 EXACT = "exact"
 QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-dot", "int8-mm", "int32-mm")
 
-#: Default kernel per bit width, chosen from the Kernels table of benchmarks/retrieval.py
-#: (Gowalla shape, top-50, 2-core AVX-512 CPU): the compiled XOR + popcount kernel for
-#: 1 bit; for 2..8 bits the compiled int8 dot-product kernel where the CPU has AVX-512 VNNI
-#: (4-5x float32 at every width there), else XOR + popcount for 2 bits (b^2 = 4 plane
-#: pairs still beat a matrix product) and torch's int8 GEMM for 3..8 bits (8 bits through
-#: shifted levels, see :class:`hqgnn.index.kernels.Int8MatmulKernel`).
-DEFAULT_KERNEL = {1: "bitplane", 2: "bitplane", **{b: "int8-mm" for b in range(3, 9)}}
+#: Default exact kernel per bit width on CPUs without AVX-512 VNNI. Where the CPU has VNNI,
+#: :func:`default_kernel` takes the compiled int8 dot-product kernel ``int8-dot`` from 2 bits
+#: up (4-5x float32 sgemm at every width: benchmarks/results/retrieval.md, 2-core AVX-512
+#: EPYC). Elsewhere, the fastest exact kernel per width of benchmarks/results/kernels-avx2.md
+#: (``python benchmarks/kernels.py --wide-users 2048``; 2-core AMD EPYC, AVX2, no AVX-512;
+#: Gowalla shape 29,858 users x 40,981 items, its train CSR excluded, d = 64, exact top-50
+#: over all users, threads 1 and 2, 3 interleaved rounds), as queries/s relative to float32
+#: sgemm (median of the rounds, 1 thread / 2 threads):
+#:
+#:   bits   bitplane      gemm          int8-mm       int32-mm
+#:   1      4.54 / 5.24   0.81 / 0.87   0.04 / 0.05   0.13 / 0.14
+#:   2      1.34 / 1.40   0.94 / 0.95   0.05 / 0.05   0.14 / 0.12
+#:   3      0.68 / 0.70   0.93 / 0.98   0.05 / 0.05   0.13 / 0.13
+#:   4      0.39 / 0.40   0.96 / 0.95   0.04 / 0.04   0.13 / 0.13
+#:   8      0.11 / 0.11   1.02 / 0.98   0.04 / 0.05   0.13 / 0.13
+#:
+#: so XOR + popcount for 1-2 bits (one word pair per item at 1 bit; b^2 = 4 plane pairs at
+#: 2 bits still beat a matrix product) and sgemm of the exact integer levels for 3-8 bits.
+#: torch's int8 GEMM (``int8-mm``, the previous default for 3-8 bits) has no fast int8 path
+#: on this CPU (torch._int_mm of 1024 x 64 x 8192 on one core: ~0.6 GOPS against ~19 GFLOPS
+#: for sgemm) and is never a default. Without int8 dot-product instructions 3-8 bits thus
+#: search at float32 speed, not faster. Every default is exact wherever the int32 raw
+#: scores hold ``d m^2`` (``d m^2 < 2^31``; d < 33,025 at 8 bits): ``gemm`` sums in float32
+#: while ``d m^2 < 2^24`` and in float64 beyond (8 bits with
+#: d > 258; :class:`~hqgnn.index.kernels.CodeGemmKernel`), where it is still the fastest
+#: (8 bits, d = 300: gemm 0.43x float32, bitplane 0.06x, int32-mm 0.10x, int8-mm 0.03x).
+DEFAULT_KERNEL = {1: "bitplane", 2: "bitplane", **{b: "gemm" for b in range(3, 9)}}
 
 
 def default_kernel(bits: int) -> str:
@@ -86,6 +106,7 @@ class _Index:
     """Shared plumbing: ids, exclusion, result mapping, the backend switch, save/load."""
 
     bits: int
+    with_backend = with_backend  # index.with_backend(name, **params): a view searched another way
 
     def __init__(self, n_users: int, n_items: int, dim: int, user_ids=None, item_ids=None, train=None,
                  model: str = "", data_fingerprint: str = "", extra: Optional[dict] = None,
@@ -242,9 +263,9 @@ class _Index:
         threads = threads if threads is not None else self.threads
         if self.backend == EXACT:
             return search_topk(self._kernel(), q, k, exclude=excl, threads=threads)
-        # the faiss backends: exclusion by over-fetching, exact tie order, and rows filled
-        # to min(k, eligible items) by widening the approximate search
-        return _faiss_backend().search(self, q, k, excl, threads)
+        # cascade: sign-plane candidates re-ranked exactly; faiss: exclusion by over-fetching, exact
+        # tie order, and rows filled to min(k, eligible items) by widening the approximate search
+        return (cascade if self.backend == CASCADE else _faiss_backend()).search(self, q, k, excl, threads)
 
     def _kernel(self) -> Kernel:
         raise NotImplementedError
@@ -405,7 +426,7 @@ class QuantizedIndex(_Index):
 
     # ----- kernels
     def _backends(self) -> tuple:
-        return (EXACT,) + (FAISS_BACKENDS if self.bits == 1 else ())
+        return (EXACT, CASCADE) + (FAISS_BACKENDS if self.bits == 1 else ())
 
     @property
     def backend(self) -> str:

@@ -20,21 +20,23 @@ class ArtifactRecommender:
     """Recommendations from an exported artifact, with original ids: what the CLI and the HTTP server use.
 
     ``path``: the artifact (read with its checksum verified, arrays memory-mapped);
-    ``backend``: the index backend (``"exact"``, or for 1-bit codes ``"faiss-flat"`` /
-    ``"faiss-hnsw"`` / ``"faiss-ivf"``; ``"faiss-flat"`` for float). Every answer is a
+    ``backend``: the index backend (``"exact"``; ``"cascade"`` for b-bit codes; for 1-bit codes
+    ``"faiss-flat"`` / ``"faiss-hnsw"`` / ``"faiss-ivf"``; ``"faiss-flat"`` for float);
+    ``backend_params``: its settings (``{"candidates": C}`` for ``"cascade"``). Every answer is a
     :class:`~hqgnn.index.results.Recommendations` (``.to_records()`` is the JSON form).
     Thread-safe for concurrent reads. Raises :class:`~hqgnn.errors.CheckpointError` for a
     missing or bad artifact, :class:`~hqgnn.errors.ConfigError` for a backend it cannot use.
     """
 
-    def __init__(self, path, backend: str = "exact"):
+    def __init__(self, path, backend: str = "exact", backend_params: Optional[dict] = None):
         from .artifact import read_artifact
         from .engine import FloatIndex, QuantizedIndex
 
         self.path = Path(path)
         self.artifact = read_artifact(self.path, mmap=True)  # checks magic, version, sizes, sha256
         cls = FloatIndex if self.artifact.is_float else QuantizedIndex
-        self.index = cls.from_artifact(self.artifact, backend=backend)
+        # a view with the backend: its settings are checked now, not at the first query
+        self.index = cls.from_artifact(self.artifact).with_backend(backend, **(backend_params or {}))
         self._popular_order: Optional[np.ndarray] = None
         self._popular_counts: Optional[np.ndarray] = None
         self._lock = threading.Lock()
@@ -64,7 +66,8 @@ class ArtifactRecommender:
         return {"path": str(self.path), "model": art.model, "bits": art.bits, "dim": art.dim,
                 "n_users": self.n_users, "n_items": self.n_items, "file_bytes": art.file_size(),
                 "format_version": art.format_version, "data_fingerprint": art.data_fingerprint,
-                "index": repr(self.index), **self.index.memory_bytes()}
+                "index": repr(self.index), "backend_params": dict(self.index.backend_params),
+                **self.index.memory_bytes()}
 
     def recommend(self, users: Sequence, k: int = 50, exclude_seen: bool = True) -> Recommendations:
         """Top-``k`` items per original user id: ``(len(users), k)`` :class:`Recommendations`.
@@ -121,15 +124,17 @@ def _read_users_file(path) -> list:
 
 
 def recommend_from_artifact(artifact, user=None, users_file=None, k: int = 50, include_seen: bool = False,
-                            backend: str = "exact"):
+                            backend: str = "exact", backend_params: Optional[dict] = None):
     """``hqgnn recommend``: the JSON records (:meth:`Recommendations.to_records`) of one user
     (a dict) or of the users listed in ``users_file`` (a list of dicts)."""
-    rec = ArtifactRecommender(artifact, backend=backend)
+    rec = ArtifactRecommender(artifact, backend=backend, backend_params=backend_params)
     users = [user] if user is not None else _read_users_file(users_file)
     out = rec.recommend(users, k=k, exclude_seen=not include_seen).to_records()
     return out[0] if user is not None else out
 
 
-def similar_from_artifact(artifact, item, k: int = 20, backend: str = "exact") -> dict:
+def similar_from_artifact(artifact, item, k: int = 20, backend: str = "exact",
+                          backend_params: Optional[dict] = None) -> dict:
     """``hqgnn similar``: the JSON record of one item's neighbours ``{"item", "items", "scores", "found"}``."""
-    return ArtifactRecommender(artifact, backend=backend).similar(item, k=k).to_records()[0]
+    rec = ArtifactRecommender(artifact, backend=backend, backend_params=backend_params)
+    return rec.similar(item, k=k).to_records()[0]

@@ -57,7 +57,8 @@ def _k(k: int, n: int, of: str) -> int:
 
 
 def create_app(artifact=None, *, state: Optional[ServingState] = None, fallback: str = "none",
-               max_batch: int = 1024, workers: int = 1, backend: str = "exact") -> FastAPI:
+               max_batch: int = 1024, workers: int = 1, backend: str = "exact",
+               backend_params: Optional[dict] = None) -> FastAPI:
     """The FastAPI app serving ``artifact`` (loaded now), or an existing ``state``.
 
     Raises :class:`~hqgnn.errors.HQGNNError` without either, and the loader's
@@ -68,7 +69,8 @@ def create_app(artifact=None, *, state: Optional[ServingState] = None, fallback:
     if state is None:
         if artifact is None:
             raise HQGNNError("create_app: give an artifact path or a ServingState")
-        state = ServingState(artifact, fallback=fallback, max_batch=max_batch, workers=workers, backend=backend)
+        state = ServingState(artifact, fallback=fallback, max_batch=max_batch, workers=workers, backend=backend,
+                             backend_params=backend_params)
     if state.model is None and artifact is not None:
         state.load()
 

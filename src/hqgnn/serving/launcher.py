@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from fastapi import FastAPI
 
@@ -37,6 +38,7 @@ ENV_FALLBACK = "HQGNN_SERVE_FALLBACK"
 ENV_MAX_BATCH = "HQGNN_SERVE_MAX_BATCH"
 ENV_WORKERS = "HQGNN_SERVE_WORKERS"
 ENV_BACKEND = "HQGNN_SERVE_BACKEND"
+ENV_BACKEND_PARAMS = "HQGNN_SERVE_BACKEND_PARAMS"  # a JSON object, e.g. {"candidates": 500}
 ENV_INLINE_BYTES = "HQGNN_SERVE_INLINE_BYTES"
 
 #: Seconds a ``--workers N`` process may take to start (import, load the artifact) or answer a ping.
@@ -55,10 +57,14 @@ def app_from_env() -> FastAPI:
         max_batch = int(os.environ.get(ENV_MAX_BATCH, "1024"))
         workers = int(os.environ.get(ENV_WORKERS, "1"))
         inline = int(os.environ[ENV_INLINE_BYTES]) if os.environ.get(ENV_INLINE_BYTES) else None
+        params = json.loads(os.environ.get(ENV_BACKEND_PARAMS) or "{}")
     except ValueError as exc:
         raise HQGNNError(f"app_from_env: {exc}") from None
+    if not isinstance(params, dict):
+        raise HQGNNError(f"app_from_env: {ENV_BACKEND_PARAMS} must hold a JSON object, got {params!r}")
     state = ServingState(path, fallback=os.environ.get(ENV_FALLBACK, "none"), max_batch=max_batch,
-                         workers=workers, backend=os.environ.get(ENV_BACKEND, "exact"), inline_bytes=inline)
+                         workers=workers, backend=os.environ.get(ENV_BACKEND, "exact"), inline_bytes=inline,
+                         backend_params=params)
     return create_app(path, state=state)
 
 
@@ -114,7 +120,8 @@ def multiprocess_metrics_dir() -> Iterator[str]:
 
 
 def serve(artifact, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, fallback: str = "none",
-          max_batch: int = 1024, backend: str = "exact", log_level: str = "info", access_log: bool = False) -> None:
+          max_batch: int = 1024, backend: str = "exact", log_level: str = "info", access_log: bool = False,
+          backend_params: Optional[dict] = None) -> None:
     """Serve ``artifact`` until interrupted (``hqgnn serve``); bad settings or artifact raise HQGNNError first.
 
     The request log is off by default (``access_log``): ``/metrics`` counts every
@@ -135,7 +142,7 @@ def serve(artifact, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
     if inline and not inline.isdigit():
         raise HQGNNError(f"{ENV_INLINE_BYTES}={inline!r}: expected a number of bytes")
     state = ServingState(path, fallback=fallback, max_batch=max_batch, workers=workers, backend=backend,
-                         inline_bytes=int(inline) if inline else None)
+                         inline_bytes=int(inline) if inline else None, backend_params=backend_params)
     state.load()  # fail fast on a bad artifact, before binding the port
     _check_port(host, int(port))
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -147,7 +154,8 @@ def serve(artifact, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         return
     state.model = None  # each worker loads its own copy
     os.environ.update({ENV_ARTIFACT: str(path), ENV_FALLBACK: fallback, ENV_MAX_BATCH: str(int(max_batch)),
-                       ENV_WORKERS: str(int(workers)), ENV_BACKEND: backend})
+                       ENV_WORKERS: str(int(workers)), ENV_BACKEND: backend,
+                       ENV_BACKEND_PARAMS: json.dumps(state.backend_params)})
     extra = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:  # uvicorn >= 0.36
         # a worker answers uvicorn's health pings only once it has imported hqgnn: on a busy

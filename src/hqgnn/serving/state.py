@@ -123,7 +123,7 @@ def summary(rec: ArtifactRecommender, path: Path, checksum: str) -> dict:
     }
 
 
-def load_model(path, backend: str = "exact") -> LoadedModel:
+def load_model(path, backend: str = "exact", backend_params: Optional[dict] = None) -> LoadedModel:
     """Read an artifact, run a test query on it, and return it ready to serve.
 
     Raises :class:`~hqgnn.errors.CheckpointError` (one line, naming the file) when the
@@ -134,7 +134,8 @@ def load_model(path, backend: str = "exact") -> LoadedModel:
     t0 = time.perf_counter()
     checksum = stored_checksum(path)
     try:
-        rec = ArtifactRecommender(path, backend=backend)  # verifies magic, version, sizes and the sha256
+        # verifies magic, version, sizes and the sha256
+        rec = ArtifactRecommender(path, backend=backend, backend_params=backend_params)
     except HQGNNError:
         raise
     except Exception as exc:  # an unexpected reader failure is still a refused artifact, not a crash
@@ -163,13 +164,14 @@ class ServingState:
 
     ``path``: the artifact; ``fallback``: ``"none"`` or ``"popular"`` (unknown users get the
     most popular items); ``max_batch``: users per ``POST /recommend``; ``workers``: server
-    processes (HTTP reload is refused when > 1); ``backend``: the index backend;
+    processes (HTTP reload is refused when > 1); ``backend``: the index backend and
+    ``backend_params`` its settings (``{"candidates": C}`` for ``"cascade"``);
     ``inline_bytes``: see :meth:`call`. Raises :class:`~hqgnn.errors.HQGNNError` for a bad
     ``fallback`` or ``max_batch``.
     """
 
     def __init__(self, path, fallback: str = "none", max_batch: int = 1024, workers: int = 1,
-                 backend: str = "exact", inline_bytes: Optional[int] = None):
+                 backend: str = "exact", inline_bytes: Optional[int] = None, backend_params: Optional[dict] = None):
         if fallback not in FALLBACKS:
             raise HQGNNError(f"fallback={fallback!r}: expected one of {', '.join(FALLBACKS)}")
         if int(max_batch) < 1:
@@ -179,6 +181,7 @@ class ServingState:
         self.max_batch = int(max_batch)
         self.workers = int(workers)
         self.backend = backend
+        self.backend_params = dict(backend_params or {})
         self.inline_bytes = INLINE_BYTES if inline_bytes is None else int(inline_bytes)
         self.model: Optional[LoadedModel] = None
         self.metrics = Metrics(model=lambda: self.model)
@@ -188,7 +191,7 @@ class ServingState:
 
     def load(self) -> LoadedModel:
         """Load :attr:`path` now (:func:`load_model`; raises its errors)."""
-        self.model = load_model(self.path, backend=self.backend)
+        self.model = load_model(self.path, backend=self.backend, backend_params=self.backend_params)
         return self.model
 
     def require(self) -> LoadedModel:
@@ -223,7 +226,7 @@ class ServingState:
         with self._reload_lock:
             target = Path(path) if path is not None else self.path
             try:
-                new = load_model(target, backend=self.backend)
+                new = load_model(target, backend=self.backend, backend_params=self.backend_params)
             except HQGNNError as exc:
                 self.metrics.count_reload(False)
                 self.last_reload_error = one_line(exc)
