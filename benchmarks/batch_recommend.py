@@ -40,20 +40,11 @@ import pyarrow  # noqa: E402
 from hqgnn.index import FloatIndex, QuantizedIndex, read_artifact  # noqa: E402
 from hqgnn.index.batch import recommend_all  # noqa: E402
 from hqgnn.index.engine import open_index  # noqa: E402
+from retrieval import cpu_name  # noqa: E402  (the one /proc/cpuinfo reader of the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED = [ROOT / "artifacts" / "gowalla-hq1.hqgnn", ROOT / "artifacts" / "gowalla-hq4.hqgnn"]
 DIM = 64
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_avg() -> str:
@@ -130,7 +121,7 @@ def report(rows: list[dict], args, notes: list[str], load_before: str, load_afte
     lines = [
         "# Top-K of every user to Parquet (`hqgnn recommend --all-users`)", "",
         f"Command: `{args.command}`  ",
-        f"Machine: {cpu_model()}, {len(os.sched_getaffinity(0))} cores (shared; load average {load_before} before, "
+        f"Machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores (shared; load average {load_before} before, "
         f"{load_after} after, 1 / 5 / 15 min), threads={args.threads}, OMP_WAIT_POLICY=PASSIVE, "
         f"numpy {np.__version__}, pyarrow {pyarrow.__version__}, Python {platform.python_version()}.  ",
         f"Data: {first['n_users']:,} users x {first['n_items']:,} items, top-{args.k}, seen items excluded, "

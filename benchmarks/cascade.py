@@ -32,7 +32,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's OpenMP workers mu
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -46,6 +45,7 @@ from hqgnn.evaluation import metrics_from_hits  # noqa: E402
 from hqgnn.index import QuantizedIndex, read_artifact  # noqa: E402
 from hqgnn.index.engine import default_kernel  # noqa: E402
 from hqgnn.index.kernels import Int8DotKernel  # noqa: E402
+from retrieval import cpu_name  # noqa: E402  (the one /proc/cpuinfo reader of the benchmarks)
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ("bitplane", "gemm", "int8-mm", "int32-mm")
@@ -153,16 +153,6 @@ def interleaved(methods: dict, rounds: int, fn) -> dict:
             if name not in best or sec < best[name][0]:
                 best[name] = (sec, res)
     return best
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_flags() -> str:
