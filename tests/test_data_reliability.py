@@ -400,3 +400,13 @@ def test_table_settings_on_a_folder_are_refused(tmp_path):
 def test_check_trainable_passes_ordinary_data(tmp_path):
     d = folder(tmp_path, "0 0 1\n1 1 2\n", "0 2\n1 0\n")
     check_trainable(load_lightgcn_folder(d))
+
+
+def test_empty_test_split_of_a_global_time_cut_says_why(tmp_path):
+    path = tmp_path / "log.csv"
+    # the latest interaction is dave's only one: dave has nothing before the cut, so test is empty
+    path.write_text("user,item,timestamp\nalice,a,1\nalice,b,2\nbob,a,3\nbob,b,4\ndave,c,9\n")
+    with pytest.raises(DataError, match=r"log\.csv: the test split is empty \(the last 20% of all interactions in "
+                                        r"time \(a global time cut\)\): every user with an interaction after the cut "
+                                        r"has none before it"):
+        load_table(path, split_method="global_time")

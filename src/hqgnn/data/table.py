@@ -203,12 +203,15 @@ def load_table(
     if test.nnz == 0:
         deg = np.diff(full.indptr)
         best = int(np.argmax(deg))
-        raise DataError(
-            f"{path}: the test split is empty ({notes[0].split(': ', 1)[1]}): no user has enough interactions "
-            "to hold one out "
-            f"(the most active, user {show_id(user_ids[best])}, has {int(deg[best])}); use more data, a larger "
-            "test_fraction or split_method=leave_one_out"
-        )
+        if split_method == "global_time":
+            why = ("every user with an interaction after the cut has none before it, and such users are left out; "
+                   "use more data or a smaller test_fraction")
+        else:
+            # per-user methods never take a user's last interaction
+            why = (f"no user has enough interactions to hold one out (the most active, user "
+                   f"{show_id(user_ids[best])}, has {int(deg[best])}); use more data"
+                   + (" or a larger test_fraction" if split_method in ("random", "temporal") else ""))
+        raise DataError(f"{path}: the test split is empty ({notes[0].split(': ', 1)[1]}): {why}")
     prep.update({"split_method": split_method, "test_fraction": test_fraction, "users": shape[0], "items": shape[1],
                  "interactions": int(full.nnz)})
     if split_method == "random":
