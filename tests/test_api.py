@@ -116,6 +116,25 @@ def test_recommend_propagates_once_then_answers_from_its_index(trained, monkeypa
     assert len(calls) == 2
 
 
+def test_one_result_type_from_the_api_to_the_artifact(trained, tmp_path):
+    """The Python API answers with the engine's Recommendations, equal to the exported artifact's."""
+    from hqgnn.export import export_run
+    from hqgnn.index import Recommendations
+    from hqgnn.index.recommender import ArtifactRecommender
+
+    rec, _, run = trained
+    api = rec.recommend([0, 3, 7], k=6)
+    export_run(run, tmp_path / "a.hqgnn")
+    art = ArtifactRecommender(tmp_path / "a.hqgnn").recommend([0, 3, 7], k=6)
+    assert type(api) is Recommendations and type(art) is Recommendations
+    for name in ("queries", "items", "scores", "raw_scores", "valid"):
+        assert np.array_equal(getattr(api, name), getattr(art, name)), name
+    items, scores = api  # unpacks as items, scores (items first, like SearchResult)
+    assert items is api.items and scores is api.scores and api.n_queries == 3
+    # scores are the model's: the raw integer inner products dequantized, never equal to them here
+    assert api.raw_scores.dtype == np.int32 and not np.array_equal(api.scores, api.raw_scores.astype(np.float64))
+
+
 # ---------------------------------------------------------------- the trainer only trains
 def test_trainer_takes_a_built_model(tiny_data):
     from hqgnn.models import build_model

@@ -22,6 +22,7 @@ import torch
 from .config import Config
 from .data import SYNTHETIC, InteractionData
 from .errors import CheckpointError, ConfigError, DataError
+from .index.results import Recommendations
 from .loading import build_index, load_run, prepare_data
 from .models import build_model, initial_model, resolve_device, use_threads
 from .runs import CHECKPOINT, RunFolder
@@ -226,7 +227,7 @@ class Recommender:
         return id(model), id(adj), id(self.data), tuple((id(t), t._version) for t in tensors)
 
     def recommend(self, user_ids: Sequence, k: int = 10, exclude_seen: bool = True, backend: str = "exact",
-                  **backend_params) -> "TopK":
+                  **backend_params) -> Recommendations:
         """Top-k original item ids and model scores for each original user id, best first.
 
         Answered by the artifact engine (:meth:`index`): the same items and scores as
@@ -241,10 +242,12 @@ class Recommender:
             backend, backend_params: how the index is searched (:meth:`index`), e.g.
                 ``backend="cascade", candidates=500``; the default is exact.
 
-        Returns a :class:`TopK`: it unpacks as ``items, scores``, each of shape
-        ``(len(user_ids), k)``. **Fewer than k:** a user with fewer than ``k`` eligible
-        (unseen) items gets them all, best first, then padding: item id ``-1`` (``""``
-        where item ids are strings) with score ``-inf``. ``result.found[r]`` is how many
+        Returns :class:`~hqgnn.index.results.Recommendations`, the one result type of every
+        ``recommend`` (engine, artifact, CLI, HTTP): it unpacks as ``items, scores``, each of
+        shape ``(len(user_ids), k)`` (``scores`` are the model's, dequantized; the index's
+        integer inner products are ``raw_scores``). **Fewer than k:** a user with fewer
+        than ``k`` eligible (unseen) items gets them all, best first, then padding: item id
+        ``-1`` (``""`` where item ids are strings) with score ``-inf``. ``result.found[r]`` is how many
         real items row ``r`` holds and ``result.valid`` is the ``(q, k)`` mask of them.
 
         Raises :class:`~hqgnn.errors.DataError` for ``k`` out of range, and the engine's
@@ -254,28 +257,13 @@ class Recommender:
         n_items = self.data.n_items
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n_items:
             raise DataError(f"k={k!r} is out of range: expected 1 .. {n_items}")
-        recs = self.index(backend, **backend_params).recommend(np.atleast_1d(np.asarray(user_ids)), k=int(k),
+        return self.index(backend, **backend_params).recommend(np.atleast_1d(np.asarray(user_ids)), k=int(k),
                                                                exclude_seen=exclude_seen)
-        return TopK(recs.items, recs.scores, recs.valid)
 
 
-class TopK(tuple):
-    """What :meth:`Recommender.recommend` returns: the pair ``(items, scores)``, plus counts.
-
-    ``items``: ``(q, k)`` original item ids, best first; ``scores``: ``(q, k)`` float64
-    model scores (dequantized for quantized models). Rows with fewer than ``k`` eligible
-    items end in padding: item ``PAD_ITEM`` (``-1``; ``""`` for string item ids) with
-    score ``-inf``. ``valid``: ``(q, k)`` bool, False on padding; ``found``: ``(q,)``
-    int, the number of real items per row (``k`` unless the user has fewer unseen items).
-    """
-
-    PAD_ITEM = -1
-
-    def __new__(cls, items: np.ndarray, scores: np.ndarray, valid: np.ndarray):
-        obj = super().__new__(cls, (items, scores))
-        obj.items, obj.scores, obj.valid = items, scores, valid
-        obj.found = valid.sum(axis=1).astype(np.int64)
-        return obj
+#: the name :meth:`Recommender.recommend`'s result had before it became the engine's
+#: :class:`~hqgnn.index.results.Recommendations` (which still unpacks as ``items, scores``)
+TopK = Recommendations
 
 
 __all__ = ["Recommender", "TopK", "prepare_data", "SYNTHETIC", "resolve_device"]

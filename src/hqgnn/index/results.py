@@ -12,7 +12,8 @@ Vocabulary, the same from the kernels to HTTP:
   This is what the CLI and the HTTP server call ``scores``.
 
 The order is items first, then scores -- the reverse of faiss's ``(D, I)``: a
-:class:`SearchResult` is a named tuple, so ``items, raw_scores = index.search(...)``.
+:class:`SearchResult` is a named tuple, so ``items, raw_scores = index.search(...)``, and
+:class:`Recommendations` unpacks the same way, ``items, scores = index.recommend(...)``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class SearchResult(NamedTuple):
 
 @dataclass
 class Recommendations:
-    """The answer of every ``recommend`` / ``similar`` (engine, artifact recommender, CLI, HTTP).
+    """The answer of every ``recommend`` / ``similar`` (engine, artifact recommender, Python API
+    :meth:`hqgnn.Recommender.recommend`, CLI, HTTP). Unpacks as ``items, scores``.
 
     ``queries``: ``(q,)`` the original ids asked for, as the index stores them (``"42"`` in,
     42 out where ids are integers); ``items``: ``(q, k)`` original item ids (``-1`` / ``""``
@@ -56,7 +58,16 @@ class Recommendations:
     kind: str = "user"
     fallback: Optional[str] = None
 
-    def __len__(self) -> int:
+    #: the item id that pads a row of integer item ids (``""`` pads string ids)
+    PAD_ITEM = -1
+
+    def __iter__(self):
+        """``items, scores = recs``: items first, as :class:`SearchResult` unpacks."""
+        return iter((self.items, self.scores))
+
+    @property
+    def n_queries(self) -> int:
+        """``q``, the number of rows (queries)."""
         return len(self.queries)
 
     @property
