@@ -246,6 +246,23 @@ def test_atomic_path_success_replaces_target(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["metrics.json"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_ordinary_permissions(tmp_path, umask):
+    """Not mkstemp's owner-only 0600: what open() would give under the process's umask."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "metrics.json", {"a": 1})
+        with open(tmp_path / "plain.json", "w") as fh:  # the independent answer
+            fh.write("{}")
+    finally:
+        os.umask(old)
+    got = stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode)
+    assert got == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == 0o666 & ~umask
+
+
 def test_checkpoint_write_failure_keeps_previous_checkpoint(tmp_path, data, small_settings, monkeypatch):
     trainer = trainer_for(make_cfg(small_settings, epochs=1), data, tmp_path)
     trainer.fit()
