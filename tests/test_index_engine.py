@@ -17,6 +17,8 @@ N_USERS, N_ITEMS, DIM = 60, 700, 24
 
 # the compiled int8 dot-product kernel runs only on CPUs with AVX-512 VNNI
 VNNI = ("int8-dot",) if K.Int8DotKernel.available() else ()
+# the compiled int16 multiply-add kernel on CPUs with AVX2 (elsewhere it searches as gemm)
+AVX2 = K.Int16DotKernel.available()
 
 #: faiss-cpu is an optional extra (``pip install 'hqgnn[faiss]'``; ``.[test]`` includes it)
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
@@ -72,7 +74,7 @@ def test_all_kernels_agree(bits):
     users, items = make_codes(bits, seed=10 + bits)
     train = make_train(3)
     results = []
-    for kernel in ("bitplane", "bitplane-numpy", "gemm", "int8-mm", "int32-mm") + VNNI:
+    for kernel in ("bitplane", "bitplane-numpy", "gemm", "int16-dot", "int8-mm", "int32-mm") + VNNI:
         index = QuantizedIndex.from_codes(items, bits, user_codes=users, train=train, kernel=kernel)
         results.append(index.search(k=30, exclude="train"))
     for items_k, scores_k in results[1:]:
@@ -197,20 +199,35 @@ def test_bad_requests_raise_clear_errors():
 
 def test_int8_dot_kernel_is_refused_without_vnni_and_chosen_with_it(monkeypatch):
     users, items = make_codes(4, seed=2)
-    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == ("int8-dot" if VNNI else "gemm")
+    without_vnni = "int16-dot" if AVX2 else "gemm"
+    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == ("int8-dot" if VNNI else without_vnni)
     assert QuantizedIndex.from_codes(items % 2, 1, user_codes=users % 2).kernel_name == "bitplane"
     monkeypatch.setattr(K.Int8DotKernel, "available", staticmethod(lambda: False))
     with pytest.raises(ConfigError, match="int8-dot.*VNNI"):
         QuantizedIndex.from_codes(items, 4, user_codes=users, kernel="int8-dot")
-    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == "gemm"
+    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == without_vnni
 
 
 def test_default_kernels_without_and_with_vnni(monkeypatch):
-    """Without AVX-512 VNNI: the fastest exact kernel of benchmarks/results/kernels-avx2.md per width
-    (XOR + popcount for 1-2 bits, float sgemm of the levels for 3-8); with it, int8-dot from 2 bits."""
-    from hqgnn.index.engine import DEFAULT_KERNEL, default_kernel
+    """Without AVX-512 VNNI: int16-dot from 2 bits up to 1,024 bits per item on AVX2
+    (benchmarks/results/small-dims-avx2.md); without AVX2 either, or beyond, the fastest exact
+    kernel of benchmarks/results/kernels-avx2.md per width (XOR + popcount for 1-2 bits, float
+    sgemm of the levels for 3-8); with VNNI, int8-dot from 2 bits."""
+    from hqgnn.index.engine import DEFAULT_KERNEL, INT16_DOT_MAX_BITS, default_kernel
 
     monkeypatch.setattr(K.Int8DotKernel, "available", staticmethod(lambda: False))
+    monkeypatch.setattr(K.Int16DotKernel, "available", staticmethod(lambda: True))
+    assert INT16_DOT_MAX_BITS == 1024
+    for dim in (8, 16, 32, 64):
+        assert {b: default_kernel(b, dim) for b in range(1, 9)} == {1: "bitplane",
+                                                                  **{b: "int16-dot" for b in range(2, 9)}}
+    assert default_kernel(8, 128) == "int16-dot" and default_kernel(8, 129) == "gemm"
+    assert default_kernel(2, 512) == "int16-dot" and default_kernel(2, 513) == "bitplane"
+    users, items = make_codes(4, n_users=4, n_items=50, dim=16)
+    assert QuantizedIndex.from_codes(items, 4, user_codes=users).kernel_name == "int16-dot"
+    users, items = make_codes(8, n_users=4, n_items=50, dim=200)  # the dimension is the index's
+    assert QuantizedIndex.from_codes(items, 8, user_codes=users).kernel_name == "gemm"
+    monkeypatch.setattr(K.Int16DotKernel, "available", staticmethod(lambda: False))
     want = {1: "bitplane", 2: "bitplane", **{b: "gemm" for b in range(3, 9)}}
     assert DEFAULT_KERNEL == want
     assert {b: default_kernel(b) for b in range(1, 9)} == want

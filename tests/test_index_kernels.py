@@ -10,7 +10,7 @@ from hqgnn.index import kernels as K
 from hqgnn.index.packing import (code_sums, codes_to_levels, levels_to_codes, pack_bits, pack_codes, pad_bits,
                                  unpack_bits, unpack_codes, words_per_row)
 from hqgnn.index.search import all_scores, search_topk
-from hqgnn.index.select import select_topk, sentinel
+from hqgnn.index.select import csr_rows, select_topk, sentinel
 from oracles import brute_force_scores, reference_topk
 
 FAST = settings(max_examples=40, deadline=None)
@@ -72,6 +72,7 @@ def kernels_for(codes, bits):
         "bitplane-numpy": (K.PlaneKernel(pack_codes(codes, bits), bits, codes.shape[1], compiled=False),
                            lambda q: pack_codes(q, bits)),
         "gemm": (K.CodeGemmKernel(codes, bits), lambda q: q),
+        "int16-dot": (K.Int16DotKernel(codes, bits), lambda q: q),
         "int32-mm": (K.IntMatmulKernel(codes, bits), lambda q: q),
         "int8-mm": (K.Int8MatmulKernel(codes, bits), lambda q: q),
         **({"int8-dot": (K.Int8DotKernel(codes, bits), lambda q: q)} if K.Int8DotKernel.available() else {}),
@@ -254,3 +255,57 @@ def test_every_kernel_implements_the_protocol_and_the_driver_names_its_result():
     assert got_items is result.items and got_scores is result.raw_scores
     want_items, want_scores = reference_topk(brute_force_scores(codes_to_levels(users, 3), codes_to_levels(items, 3)), 7)
     assert np.array_equal(result.items, want_items) and np.array_equal(result.raw_scores, want_scores)
+
+
+@pytest.mark.skipif(not K.Int16DotKernel.available(), reason="the int16 multiply-add loop needs AVX2 and numba")
+@pytest.mark.parametrize("bits, d", [(2, 32), (4, 16), (4, 288), (5, 68), (5, 69), (7, 8), (8, 8), (8, 300), (1, 64)])
+def test_int16_dot_fused_search_is_exact_in_both_forms(bits, d):
+    """The compiled AVX2 loop: narrow (uint8 x int8, int16 lane sums) up to 2 ceil(d/4) m^2 < 2^15,
+    wide (int16 x int16, int32 sums) beyond. Extreme codes (all 0 / all 2^b - 1) make the largest
+    sums, at the edge of the narrow form too (4 x 288: 32,400; 5 x 68: 32,674); a heavy exclusion
+    list, single queries and batches that are not a multiple of 8 run the other paths."""
+    from hqgnn.index.kernels import compiled_madd
+
+    rng = np.random.default_rng(bits * 1000 + d)
+    m = 2**bits - 1
+    items, users = random_codes(rng, 700, d, bits), random_codes(rng, 19, d, bits)
+    items[:3], items[3:5], users[0], users[1] = m, 0, m, 0
+    users[2, : d // 2], users[2, d // 2:] = m, 0
+    kernel = K.Int16DotKernel(items, bits)
+    fused = kernel.fused()
+    assert isinstance(fused, compiled_madd.FusedMaddSearch)
+    assert fused.narrow == (bits <= 7 and 2 * -(-d // 4) * m * m < 2**15)
+    indptr, indices = random_csr(rng, 19, 700, 60)
+    heavy = np.sort(rng.choice(700, 650, replace=False))  # user 3 has seen all but 50 items
+    lens = np.diff(indptr)
+    lens[3] = len(heavy)
+    indices = np.concatenate([indices[: indptr[3]], heavy, indices[indptr[4]:]])
+    indptr = np.concatenate([[0], np.cumsum(lens)])
+    ref = brute_force_scores(codes_to_levels(users, bits), codes_to_levels(items, bits))
+    for k, rows in [(40, np.arange(19)), (50, np.arange(19)), (7, np.array([2])), (700, np.arange(9))]:
+        sub = csr_rows(indptr, indices, rows)
+        want_items, want_scores = reference_topk(ref[rows], k, sub)
+        for threads in (1, 2):
+            got_items, got_scores = search_topk(kernel, users[rows], k, exclude=sub, threads=threads)
+            assert np.array_equal(got_items, want_items), (k, threads)
+            ok = want_items >= 0
+            assert np.array_equal(got_scores[ok], want_scores[ok].astype(np.int32)), (k, threads)
+            assert np.all(got_scores[~ok] == np.iinfo(np.int32).min)
+    got_items, got_scores = search_topk(kernel, users[:1], 3)
+    assert got_scores[0, 0] == d * m * m and got_items[0].tolist() == [0, 1, 2]  # all-top user and items
+
+
+def test_int16_dot_falls_back_to_gemm_where_the_fused_loop_cannot_run(monkeypatch):
+    """8 bits at d m^2 >= 2^30 (d = 16,513): the int32 sums could overflow, so the search is gemm's
+    (float64, exact); so is it where AVX2 is missing."""
+    rng = np.random.default_rng(4)
+    items, users = random_codes(rng, 6, 16513, 8), random_codes(rng, 2, 16513, 8)
+    items[0], users[0] = 255, 255
+    kernel = K.Int16DotKernel(items, 8)
+    assert kernel.fused() is None and kernel.dtype == np.float64
+    got, scores = search_topk(kernel, users, 6)
+    want, want_scores = reference_topk(brute_force_scores(codes_to_levels(users, 8), codes_to_levels(items, 8)), 6)
+    assert np.array_equal(got, want) and np.array_equal(scores, want_scores.astype(np.int64))
+    monkeypatch.setattr(K.Int16DotKernel, "available", staticmethod(lambda: False))
+    small = K.Int16DotKernel(items[:, :8], 8)
+    assert small.fused() is None

@@ -5,6 +5,8 @@
 * :mod:`~hqgnn.index.kernels`  -- exact scoring kernels behind one :class:`~hqgnn.index.kernels.Kernel` protocol;
 * :mod:`~hqgnn.index.search`   -- the search driver (blocks, threads, sampled thresholds);
 * :mod:`~hqgnn.index.select`   -- exact top-K selection with exclusion and deterministic ties;
+* :mod:`~hqgnn.index.base`     -- what both index objects share: id maps, exclusion, the
+  search signature, ``save`` / ``load``;
 * :mod:`~hqgnn.index.engine`   -- :class:`QuantizedIndex`, :class:`FloatIndex`: ``search`` ->
   :class:`SearchResult` ``(items, raw_scores)``, ``recommend`` -> :class:`Recommendations`;
 * :mod:`~hqgnn.index.ids`      -- :class:`IdMap` and :func:`check_k`, used by every entry point;

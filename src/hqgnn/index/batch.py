@@ -87,7 +87,8 @@ def shard_range(n_users: int, shard: Union[None, str, tuple]) -> tuple[int, int]
 def _open(source, backend: Optional[str], backend_params: Optional[dict], threads: Optional[int]):
     """``(index, artifact path or None)`` of an artifact path, an ArtifactRecommender or an index
     (a view of it when another backend is asked for: the caller's index is left as it is)."""
-    from .engine import FloatIndex, QuantizedIndex, _Index
+    from .base import _Index
+    from .engine import FloatIndex, QuantizedIndex
 
     path = None
     if hasattr(source, "index") and hasattr(source, "artifact"):  # an ArtifactRecommender

@@ -31,26 +31,25 @@ same form, filled to ``min(k, eligible items)`` by widening their search;
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Optional
 
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from .artifact import FLOAT_BITS, Artifact, export_from_arrays, read_artifact
-from .backends import CASCADE, FAISS_BACKENDS, cascade, with_backend
+from .artifact import FLOAT_BITS, Artifact, read_artifact
+from .backends import CASCADE, FAISS_BACKENDS
+from .base import EXACT, _Index
 from .errors import RetrievalError
 from .ids import IdMap, check_k
-from .kernels import CodeGemmKernel, GemmKernel, Int8DotKernel, Int8MatmulKernel, IntMatmulKernel, Kernel, PlaneKernel
+from .kernels import (CodeGemmKernel, GemmKernel, Int8DotKernel, Int8MatmulKernel, Int16DotKernel, IntMatmulKernel,
+                      PlaneKernel)
 from .packing import check_codes, pack_codes, unpack_codes
 from .results import Recommendations, SearchResult
-from .search import search_topk
-from .select import csr_rows
 
 __all__ = ["DEFAULT_KERNEL", "EXACT", "FAISS_BACKENDS", "FloatIndex", "IdMap", "QUANTIZED_KERNELS", "QuantizedIndex",
            "Recommendations", "SearchResult", "check_k", "default_kernel", "open_index"]
 
-EXACT = "exact"
-QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-dot", "int8-mm", "int32-mm")
+QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int16-dot", "int8-dot", "int8-mm", "int32-mm")
 
 #: Default exact kernel per bit width on CPUs without AVX-512 VNNI. Where the CPU has VNNI,
 #: :func:`default_kernel` takes the compiled int8 dot-product kernel ``int8-dot`` from 2 bits
@@ -78,244 +77,29 @@ QUANTIZED_KERNELS = ("auto", "bitplane", "bitplane-numpy", "gemm", "int8-dot", "
 #: while ``d m^2 < 2^24`` and in float64 beyond (8 bits with
 #: d > 258; :class:`~hqgnn.index.kernels.CodeGemmKernel`), where it is still the fastest
 #: (8 bits, d = 300: gemm 0.43x float32, bitplane 0.06x, int32-mm 0.10x, int8-mm 0.03x).
+#: These remain the defaults where the compiled AVX2 kernel ``int16-dot`` cannot run, and
+#: beyond :data:`INT16_DOT_MAX_BITS` bits per item.
 DEFAULT_KERNEL = {1: "bitplane", 2: "bitplane", **{b: "gemm" for b in range(3, 9)}}
 
+#: On AVX2 CPUs without VNNI, codes of 2-8 bits up to this many bits per item (``bits x d``)
+#: search with ``int16-dot`` (integer multiply-adds, selection fused). Measured in
+#: benchmarks/results/small-dims-avx2.md (``python benchmarks/small_dims.py``; exact top-50,
+#: seen items excluded, 1 thread, CPU time, 2-core AVX2 EPYC): at 8 and 16 bytes per item on
+#: the ML-1M and Gowalla shapes, 1.1-2.5x bitplane at 2 bits and 1.9-2.8x gemm at 4 and 8 bits,
+#: reaching 0.51-0.90x the 1 bit x 64 code (before: 0.26-0.55x); at d = 64, 2.6-2.9x gemm at
+#: 4 bits and 1.6-2.0x at 8 bits; 8 bits x 128 (1,024 bits, Gowalla shape) still 1.2x gemm.
+INT16_DOT_MAX_BITS = 1024
 
-def default_kernel(bits: int) -> str:
-    """The exact kernel ``kernel="auto"`` picks for ``bits`` (1..8) on this CPU."""
+
+def default_kernel(bits: int, dim: int = 64) -> str:
+    """The exact kernel ``kernel="auto"`` picks for ``bits`` (1..8) and ``dim`` dimensions on this CPU."""
     if bits >= 2 and Int8DotKernel.available():
         return "int8-dot"
+    if bits >= 2 and bits * dim <= INT16_DOT_MAX_BITS and Int16DotKernel.available():
+        return "int16-dot"
     return DEFAULT_KERNEL[bits]
 
 
-#: ``exclude=``: None, ``"train"``, a ``scipy.sparse`` matrix or an ``(indptr, indices)`` pair.
-Exclude = Union[None, str, tuple, Any]
-
-
-def _faiss_backend():
-    """:mod:`hqgnn.index.backends.faiss`, imported on demand (faiss is optional)."""
-    try:
-        from .backends import faiss as faiss_backend
-    except ImportError as exc:
-        raise ConfigError(f"the faiss backends need faiss ({exc}); pip install 'hqgnn[faiss]' (faiss-cpu)") from None
-    return faiss_backend
-
-
-# ---------------------------------------------------------------- base
-class _Index:
-    """Shared plumbing: ids, exclusion, result mapping, the backend switch, save/load."""
-
-    bits: int
-    with_backend = with_backend  # index.with_backend(name, **params): a view searched another way
-
-    def __init__(self, n_users: int, n_items: int, dim: int, user_ids=None, item_ids=None, train=None,
-                 model: str = "", data_fingerprint: str = "", extra: Optional[dict] = None,
-                 backend: str = EXACT, backend_params: Optional[dict] = None, threads: Optional[int] = None):
-        self.n_users, self.n_items, self.dim = n_users, n_items, dim
-        self.user_map = IdMap(user_ids, n_users, "user")
-        self.item_map = IdMap(item_ids, n_items, "item")
-        self.train = _as_csr(train, n_users, n_items) if train is not None else None
-        self.model, self.data_fingerprint, self.extra = model, data_fingerprint, dict(extra or {})
-        self.threads = threads
-        self.backend_params = dict(backend_params or {})
-        self._backend_state: dict = {}  # what a non-exact backend keeps (the faiss index), reset on a switch
-        self.backend = backend
-
-    # ----- backend
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        allowed = self._backends()
-        if value not in allowed:
-            raise ConfigError(f"backend={value!r} is not available for this index (choose from {', '.join(allowed)})")
-        if value in FAISS_BACKENDS:
-            _faiss_backend()  # faiss is optional: refuse the setting now, not at the first search
-        self._backend = value
-        self._backend_state = {}
-
-    def _backends(self) -> tuple:
-        return (EXACT,)
-
-    # ----- queries
-    def _user_rows(self, users) -> np.ndarray:
-        if users is None:
-            return np.arange(self.n_users, dtype=np.int64)
-        rows = np.atleast_1d(np.asarray(users))
-        if rows.dtype.kind not in "iu":
-            raise RetrievalError(f"user indices must be integers, got dtype {rows.dtype}")
-        bad = (rows < 0) | (rows >= self.n_users)
-        if bad.any():
-            raise RetrievalError(f"user index {rows[bad][0].item()} out of range 0 .. {self.n_users - 1}")
-        return rows.astype(np.int64)
-
-    def _item_rows(self, items) -> np.ndarray:
-        rows = np.atleast_1d(np.asarray(items))
-        if rows.dtype.kind not in "iu":
-            raise RetrievalError(f"item indices must be integers, got dtype {rows.dtype}")
-        bad = (rows < 0) | (rows >= self.n_items)
-        if bad.any():
-            raise RetrievalError(f"item index {rows[bad][0].item()} out of range 0 .. {self.n_items - 1}")
-        return rows.astype(np.int64)
-
-    def _exclusion(self, exclude: Exclude, rows: Optional[np.ndarray], n_queries: int):
-        """``exclude`` as a CSR ``(indptr, indices)`` aligned with the queries, or None."""
-        if exclude is None or exclude is False:
-            return None
-        if isinstance(exclude, str) or exclude is True:
-            if exclude not in ("train", True):
-                raise RetrievalError(f"exclude={exclude!r}: expected 'train', a CSR matrix or (indptr, indices)")
-            if rows is None:
-                raise RetrievalError("exclude='train' needs user indices, not query vectors")
-            if self.train is None:
-                return None
-            indptr, indices = self.train
-        else:
-            indptr, indices = _as_csr(exclude, None, self.n_items)
-        n_rows = len(indptr) - 1
-        if rows is not None and n_rows == self.n_users:
-            return csr_rows(indptr, indices, rows)  # one row per user: take the queried users' rows
-        if n_rows != n_queries:
-            raise RetrievalError(f"exclusion matrix has {n_rows} rows; expected one per query ({n_queries})"
-                                 + (f" or one per user ({self.n_users})" if rows is not None else ""))
-        return indptr, indices
-
-    # ----- public search API
-    def search(self, users=None, k: int = 10, *, queries=None, exclude: Exclude = None,
-               threads: Optional[int] = None) -> SearchResult:
-        """Top-``k`` items for users (dense indices; ``None`` = all) or for query vectors.
-
-        ``users``: ``(q,)`` int user indices. ``queries``: ``(q, d)`` unsigned codes
-        (:class:`QuantizedIndex`) or float32 vectors (:class:`FloatIndex`), instead of
-        ``users``. ``exclude``: ``None``, ``"train"`` (the users' seen items), or a CSR
-        (``scipy.sparse`` or ``(indptr, indices)``) with one row per user or per query.
-        ``threads``: search threads (default: the index's, else every CPU).
-
-        Returns :class:`SearchResult` ``(items, raw_scores)`` -- items first, unlike faiss's
-        ``(D, I)`` -- each ``(q, k)``: item indices (int64, best first, ties to the lower
-        index, ``-1`` padding) and the raw scores (int32 ``<k_u, k_i>`` / float32).
-        Raises :class:`RetrievalError` for a ``k`` outside ``1 .. n_items``, an index out of
-        range, query vectors of the wrong shape, or an exclusion CSR of the wrong size.
-        """
-        k = check_k(k, self.n_items)
-        if queries is not None and users is not None:
-            raise RetrievalError("pass either users or queries, not both")
-        if queries is None:
-            if not self._has_user_vectors():
-                raise RetrievalError(f"this index holds no user {'embeddings' if self.bits == FLOAT_BITS else 'codes'}:"
-                                     " search with query vectors instead")
-            rows = self._user_rows(users)
-            q = self._user_queries(rows)
-        else:
-            rows = None
-            q = self._query_vectors(queries)
-        excl = self._exclusion(exclude, rows, self._count(q))
-        return self._run(q, k, excl, threads)
-
-    def similar(self, items, k: int = 10, threads: Optional[int] = None) -> SearchResult:
-        """Top-``k`` item-to-item neighbours of ``(q,)`` item indices, the item itself excluded.
-
-        Returns :class:`SearchResult` ``(items, raw_scores)``, each ``(q, k)`` (at most
-        ``n_items - 1`` real items per row, then ``-1`` padding). Raises :class:`RetrievalError`
-        for a bad ``k`` or an item index out of range."""
-        k = check_k(k, self.n_items)
-        rows = self._item_rows(items)
-        q = self._item_queries(rows)
-        excl = (np.arange(len(rows) + 1, dtype=np.int64), rows)
-        return self._run(q, k, excl, threads)
-
-    def recommend(self, user_ids, k: int = 10, exclude_seen: bool = True,
-                  threads: Optional[int] = None) -> Recommendations:
-        """Top-``k`` items of ``(q,)`` original user ids, as :class:`Recommendations` (original ids,
-        the model's ``scores`` and the ``raw_scores``). Seen items (the artifact's training CSR:
-        training + validation) are excluded unless ``exclude_seen`` is False.
-        Raises :class:`RetrievalError` for an unknown user id or a bad ``k``."""
-        rows = self.user_map.to_index(user_ids)
-        items, raw = self.search(rows, k, exclude="train" if exclude_seen else None, threads=threads)
-        return self._results(self.user_map.to_ids(rows), items, raw, self._user_value_scale(), "user")
-
-    def similar_items(self, item_ids, k: int = 10, threads: Optional[int] = None) -> Recommendations:
-        """Top-``k`` neighbours of ``(q,)`` original item ids, the item itself excluded, as
-        :class:`Recommendations` (``kind="item"``). Raises :class:`RetrievalError` for an unknown
-        item id or a bad ``k``."""
-        rows = self.item_map.to_index(item_ids)
-        items, raw = self.similar(rows, k, threads=threads)
-        return self._results(self.item_map.to_ids(rows), items, raw, self._item_value_scale(), "item")
-
-    def _results(self, queries, items, raw, scale, kind) -> Recommendations:
-        valid = items >= 0
-        scores = np.where(valid, raw.astype(np.float64) * scale, -np.inf)
-        return Recommendations(queries=np.asarray(queries), items=self.item_map.to_ids(items), scores=scores,
-                               raw_scores=raw, valid=valid, kind=kind)
-
-    def user_index(self, user_ids) -> np.ndarray:
-        """Dense user indices of original user ids."""
-        return self.user_map.to_index(user_ids)
-
-    def item_index(self, item_ids) -> np.ndarray:
-        """Dense item indices of original item ids."""
-        return self.item_map.to_index(item_ids)
-
-    # ----- execution
-    def _run(self, q, k, excl, threads):
-        threads = threads if threads is not None else self.threads
-        if self.backend == EXACT:
-            return search_topk(self._kernel(), q, k, exclude=excl, threads=threads)
-        # cascade: sign-plane candidates re-ranked exactly; faiss: exclusion by over-fetching, exact
-        # tie order, and rows filled to min(k, eligible items) by widening the approximate search
-        return (cascade if self.backend == CASCADE else _faiss_backend()).search(self, q, k, excl, threads)
-
-    def _kernel(self) -> Kernel:
-        raise NotImplementedError
-
-    # ----- persistence
-    def save(self, path) -> dict:
-        """Write the index as an artifact (:mod:`hqgnn.index.artifact`); returns the export summary."""
-        indptr, indices = self.train if self.train is not None else (np.zeros(self.n_users + 1, np.int64),
-                                                                     np.zeros(0, np.int64))
-        return export_from_arrays(
-            path, model=self.model, bits=self.bits, user_codes=self._export_users(), item_codes=self._export_items(),
-            user_scale=getattr(self, "user_scale", 1.0), item_scale=getattr(self, "item_scale", 1.0),
-            user_ids=self.user_map.ids, item_ids=self.item_map.ids, train_csr=(indptr, indices),
-            data_fingerprint=self.data_fingerprint, extra_meta=self.extra)
-
-    @classmethod
-    def load(cls, path, mmap: bool = True, **kwargs):
-        """Open a saved index: same as :meth:`from_artifact`."""
-        return cls.from_artifact(path, mmap=mmap, **kwargs)
-
-    def memory_bytes(self) -> dict:
-        """Bytes of the stored codes (packed) per item and in all."""
-        raise NotImplementedError
-
-
-def _as_csr(m, n_rows: Optional[int], n_cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """A CSR-like (scipy matrix or ``(indptr, indices)``) as int64 ``(indptr, indices)``, validated."""
-    if hasattr(m, "tocsr"):
-        m = m.tocsr()
-        if m.shape[1] != n_cols:
-            raise RetrievalError(f"exclusion matrix has {m.shape[1]} columns, expected {n_cols} items")
-        indptr, indices = m.indptr, m.indices
-    else:
-        try:
-            indptr, indices = m
-        except (TypeError, ValueError):
-            raise RetrievalError("exclude must be a CSR matrix or an (indptr, indices) pair, "
-                                 f"got {type(m).__name__}") from None
-    indptr, indices = np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
-    if (indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(indices)
-            or np.any(np.diff(indptr) < 0)):
-        raise RetrievalError("exclusion CSR is malformed (indptr must start at 0, rise, and end at len(indices))")
-    if n_rows is not None and len(indptr) != n_rows + 1:
-        raise RetrievalError(f"exclusion CSR has {len(indptr) - 1} rows, expected {n_rows}")
-    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
-        raise RetrievalError(f"exclusion CSR holds item index outside 0 .. {n_cols - 1}")
-    return indptr, indices
-
-
-# ---------------------------------------------------------------- quantized
 class QuantizedIndex(_Index):
     """Exact integer retrieval over b-bit codes (bits 1..8).
 
@@ -327,10 +111,11 @@ class QuantizedIndex(_Index):
     scores. Raises :class:`~hqgnn.errors.ConfigError` for ``bits`` outside 1..8, an unknown
     kernel or backend, ``ValueError`` for codes out of range or of mismatched dimensions.
 
-    ``kernel`` (exact backend): ``"auto"`` (:data:`DEFAULT_KERNEL`), ``"bitplane"``
+    ``kernel`` (exact backend): ``"auto"`` (:func:`default_kernel`), ``"bitplane"``
     (XOR + popcount, integer-only; compiled and fused with the selection when numba
     loads), ``"bitplane-numpy"`` (the same on numpy ufuncs), ``"gemm"`` (float-unit
-    GEMM of exact small integers), ``"int8-dot"`` (int8 dot products with AVX-512 VNNI,
+    GEMM of exact small integers), ``"int16-dot"`` (int16 / int8 multiply-adds with AVX2,
+    compiled and fused with the selection), ``"int8-dot"`` (int8 dot products with AVX-512 VNNI,
     compiled and fused with the selection), ``"int8-mm"`` (int8 x int8 -> int32 matrix
     products), ``"int32-mm"`` (torch integer matmul).
     """
@@ -366,7 +151,7 @@ class QuantizedIndex(_Index):
         if kernel == "int8-dot" and not Int8DotKernel.available():
             raise ConfigError("kernel='int8-dot' needs a CPU with AVX-512 VNNI (and numba); "
                               "use kernel='int8-mm' or 'auto'")
-        self.kernel_name = default_kernel(self.bits) if kernel == "auto" else kernel
+        self.kernel_name = default_kernel(self.bits, dim) if kernel == "auto" else kernel
         self.user_scale, self.item_scale = float(user_scale), float(item_scale)
         self._kernel_obj = None
         self._codes_cache: dict = {}
@@ -450,6 +235,8 @@ class QuantizedIndex(_Index):
                 self._kernel_obj = Int8MatmulKernel(self.item_codes(), self.bits)
             elif self.kernel_name == "int8-dot":
                 self._kernel_obj = Int8DotKernel(self.item_codes(), self.bits)
+            elif self.kernel_name == "int16-dot":
+                self._kernel_obj = Int16DotKernel(self.item_codes(), self.bits)
             else:
                 self._kernel_obj = IntMatmulKernel(self.item_codes(), self.bits)
         return self._kernel_obj

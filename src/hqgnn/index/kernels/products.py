@@ -10,6 +10,8 @@
 * :class:`Int8MatmulKernel` -- int8 x int8 -> int32 matrix products (``torch._int_mm``).
 * :class:`Int8DotKernel` -- the same integers, searched by the compiled AVX-512 VNNI loop
   (:mod:`hqgnn.index.kernels.compiled_dot`).
+* :class:`Int16DotKernel` -- the same integers, searched by the compiled AVX2 int16
+  multiply-add loop (:mod:`hqgnn.index.kernels.compiled_madd`): the small-``d`` kernel.
 * :class:`GemmKernel` -- float32 embeddings, sgemm: the kernel of ``FloatIndex``.
 
 All return larger-is-better values; the code kernels' scores are int32 ``<k_u, k_i>``
@@ -23,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import compiled_dot
+from . import compiled_dot, compiled_madd
 from .protocol import FusedSearch, KernelBase, scratch
 
 
@@ -251,4 +253,38 @@ class Int8DotKernel(_Int8ScoreKernel):
     def fused(self) -> Optional[FusedSearch]:
         if self._fused is None:
             self._fused = compiled_dot.FusedDotSearch(self._codes, self.bits)
+        return self._fused
+
+
+class Int16DotKernel(CodeGemmKernel):
+    """Exact ``<k_u, k_i>`` of b-bit codes (``b <= 8``), searched by the compiled int16
+    multiply-add loop (:class:`~hqgnn.index.kernels.compiled_madd.FusedMaddSearch`: AVX2
+    ``vpmaddwd``, eight queries per pass over the items, the selection fused). Integer-only
+    in the fused search; :meth:`fill` (what :func:`~hqgnn.index.search.all_scores` uses) is
+    :class:`CodeGemmKernel`'s. Where the fused loop cannot run (no AVX2 or numba, or
+    ``d m^2 >= 2^30``) the search is :class:`CodeGemmKernel`'s, exact as well.
+
+    The default on AVX2 CPUs without VNNI from 2 bits up to
+    :data:`hqgnn.index.engine.INT16_DOT_MAX_BITS` bits per item (benchmarks/results/small-dims-avx2.md).
+    """
+
+    name = "int16-dot"
+
+    @staticmethod
+    def available() -> bool:
+        """Whether this CPU (and numba) can run the kernel: AVX2."""
+        return compiled_madd.madd_available()
+
+    def __init__(self, codes: np.ndarray, bits: int):
+        super().__init__(codes, bits)
+        self._fused = None
+
+    def subset(self, idx: np.ndarray) -> CodeGemmKernel:
+        return CodeGemmKernel(self.codes[idx], self.bits)
+
+    def fused(self) -> Optional[FusedSearch]:
+        if not self.available() or self.dim * self.top**2 >= 2**30:  # the unfused sgemm search instead
+            return None
+        if self._fused is None:
+            self._fused = compiled_madd.FusedMaddSearch(2 * self.codes.astype(np.int16) - self.top, self.bits)
         return self._fused
