@@ -259,9 +259,9 @@ def _print_report(stream, data, rows, pop, threads, seconds, train_total, export
               f"{r['speedup']:.2f}x float32's queries/s (kernel {r['kernel']})")
         slow = [r for r in rows if 2 <= r["bits"] <= 8 and r["speedup"] < 1]
         if slow:
-            p(f"  ({', '.join(r['label'] for r in slow)} slower than float32 here: codes of 2 to 8 bits run on the "
-              "int8-dot kernel only where the CPU has AVX-512 VNNI (3-4x float32 there, see the README's "
-              f"retrieval row); this CPU uses {', '.join(sorted({r['kernel'] for r in slow}))})")
+            p(f"  ({', '.join(r['label'] for r in slow)} slower than float32 here: codes of 2 to 8 bits run fastest "
+              "on the int8-dot kernel (CPUs with AVX-512 VNNI, 3-4x float32, see the README's retrieval row) or "
+              f"int16-dot (AVX2); this CPU uses {', '.join(sorted({r['kernel'] for r in slow}))})")
         p()
     p("run folders (config.yaml, history.jsonl, metrics.json, model.pt):")
     for r in rows:
