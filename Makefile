@@ -17,7 +17,8 @@ install: $(STAMP)
 
 # the stamp makes a repeated `make install` a no-op until the inputs change
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/pip install -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -c constraints.txt -e ".[test,distributed]"
+	$(BIN)/pip install -c constraints.txt --no-deps torchrec==1.8.0
 	touch $@
 
 demo: install

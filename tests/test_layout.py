@@ -61,8 +61,8 @@ def test_no_module_over_600_lines(folder):
 # ---------------------------------------------------------------- imports run one way
 #: the package's modules in data-flow order: each may import only those before it (the
 #: package root, a lazy facade, comes last; any module may read its ``__version__``)
-ORDER = ["errors", "storage", "finite", "config", "data", "graph", "runs", "models", "sampling", "evaluation",
-         "training", "index", "loading", "export", "serving", "api", "experiment", "demo", "cli", "__main__", ""]
+ORDER = ["errors", "storage", "finite", "config", "frontier", "data", "graph", "runs", "models", "sampling", "evaluation",
+         "training", "distributed", "index", "loading", "export", "serving", "api", "experiment", "demo", "cli", "__main__", ""]
 
 
 def _top(module: str) -> str:

@@ -40,6 +40,9 @@ class Recommender:
             ``lsh``; ``mf`` reads as ``lightgcn`` with ``layers=0``). None (the default) keeps
             the config file's, else :class:`~hqgnn.config.Config`'s default ``lightgcn``.
         config: a YAML file of settings or a :class:`~hqgnn.config.Config`.
+        budget_bytes: memory per item in bytes: ``bits`` and ``dim`` become the code that the
+            measured frontier ranks best within it (:func:`hqgnn.frontier.apply_budget`; not with
+            ``bits`` or ``dim``); the pick is ``budget_pick`` (``budget_pick.line()`` says why).
         **settings: any other setting (``bits=4``, ``epochs=50``, ...), over the file's.
 
     Attributes (after :meth:`fit` or :meth:`load`): ``cfg``; ``data``; ``model`` (the
@@ -50,13 +53,22 @@ class Recommender:
     Raises :class:`~hqgnn.errors.ConfigError` for an unknown setting or a value out of range.
     """
 
-    def __init__(self, model: Optional[str] = None, config: Optional[Union[str, Config]] = None, **settings):
+    def __init__(self, model: Optional[str] = None, config: Optional[Union[str, Config]] = None,
+                 budget_bytes: Optional[float] = None, **settings):
         if isinstance(config, Config):
             base = config
         else:
             base = Config.load(config) if config else Config()
         values = settings if model is None else {"model": model, **settings}
         self.cfg = base.updated(values, "Recommender()").validate()
+        #: the frontier's pick for ``budget_bytes`` (:class:`hqgnn.frontier.Pick`), else None
+        self.budget_pick = None
+        if budget_bytes is not None:
+            from .frontier import apply_budget
+
+            self.cfg, self.budget_pick = apply_budget(
+                self.cfg, budget_bytes, bits=settings.get("bits"), model=model, flag="budget_bytes",
+                overrides=[f"{k}={v}" for k, v in settings.items() if k == "dim"])
         self.trainer = None
         self.data: Optional[InteractionData] = None
         self.metrics: Optional[dict] = None

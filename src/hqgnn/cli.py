@@ -38,7 +38,27 @@ def cmd_train(args) -> int:
     extra = {"model": args.model, "bits": args.bits, "seed": args.seed, "device": args.device, "from_run": args.from_run,
              "epochs": args.epochs, "data": args.data}
     cfg = Config.load(args.config, args.set, extra)
+    if args.budget_bytes is not None:  # the measured frontier's best code of at most N bytes per item
+        from .frontier import apply_budget
+
+        cfg, pick = apply_budget(cfg, args.budget_bytes, bits=args.bits, overrides=args.set, model=args.model)
+        print(f"hqgnn: {pick.line()}", file=sys.stderr)
     out = Path(args.out)
+    from .distributed.launch import under_torchrun  # TorchRec itself is imported only when asked for
+
+    if args.nproc_per_node is not None:  # torchrun this same command on this machine (hqgnn.distributed)
+        from .distributed.launch import launch
+
+        return launch(args, args.nproc_per_node)
+    if under_torchrun():  # one rank of a distributed run (docs/distributed.md)
+        from .distributed.launch import require_torchrec, train as train_distributed
+
+        require_torchrec()
+        data = prepare_data(cfg)
+        metrics = train_distributed(cfg, data, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        if metrics is not None:
+            print(_json(metrics))
+        return 0
     if out.exists() and (out / "metrics.json").exists() and not args.resume and not args.overwrite:
         raise HQGNNError(f"{out}: a finished run is already there (use --resume to continue it or --overwrite)")
     if out.exists() and (out / "checkpoint.pt").exists() and not args.resume and not args.overwrite:
@@ -171,7 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file of settings")
     t.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override settings, e.g. --set lr=0.01 dim=32")
     t.add_argument("--seed", type=int)
+    t.add_argument("--budget-bytes", metavar="N", help="memory per item in bytes: train the code (bits x dims) that "
+                   "the measured frontier (MovieLens-1M, benchmarks/results/frontier/) ranks best within N; "
+                   "not with --bits or --set dim=...")
     t.add_argument("--epochs", type=int)
+    t.add_argument("--nproc-per-node", type=int, metavar="N",
+                   help="train on N processes of this machine with the distributed trainer (launches torchrun; "
+                        "needs pip install 'hqgnn[distributed]'; docs/distributed.md)")
     t.add_argument("--device", help="auto | cpu | cuda")
     t.add_argument("--from", dest="from_run", help="trained full-precision (lightgcn) run folder: what lsh and ptq quantize; the trained quantized models start from it")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -24,6 +24,8 @@ QUANTIZED_MODELS = ("hqgnn", "ste", "hashgnn", "bigear", "lsh", "ptq")
 FULL_PRECISION_MODELS = ("lightgcn", "mf")
 ONE_BIT_MODELS = ("hashgnn", "bigear", "lsh")  # sign codes only: --bits does not apply
 POST_HOC_MODELS = ("lsh", "ptq")
+#: the trained quantized methods a teacher run can distil into (setting distill_from; hqgnn.models.distill)
+DISTILLED_MODELS = ("hqgnn", "ste", "hashgnn")
 
 
 @dataclass
@@ -81,6 +83,14 @@ class Config:
     # trained full-precision run: what lsh / ptq quantize; where the trained quantized models start
     # (a pre-training stage, as quantization-aware training from a full-precision model)
     from_run: Optional[str] = None
+    # ranking distillation (hqgnn.models.distill, docs/method.md 'Distillation'): a trained float
+    # lightgcn run on the same data as teacher (null = off); its top distill_top items of each user
+    # (training items excluded), one drawn per BPR triple with probability ~ exp(-rank / distill_decay),
+    # ranked above the triple's negative in a BPR term on the codes' scores, weighted distill_weight
+    distill_from: Optional[str] = None
+    distill_weight: float = 1.0
+    distill_top: int = 50
+    distill_decay: float = 25.0
     # training
     epochs: int = 1000
     batch_size: int = 2048
@@ -103,6 +113,11 @@ class Config:
     seed: int = 2020
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # distributed training (hqgnn.distributed, docs/distributed.md; ignored by the single-process trainer):
+    # neighbours drawn per node at each of the `layers` hops (-1 = all; null = all at every hop)
+    fanout: Optional[list] = None
+    # the optimizer fused into the sharded table: rowwise_adagrad | adagrad | sgd | adam (CUDA only)
+    sparse_optimizer: str = "rowwise_adagrad"
     # evaluation
     ks: list = field(default_factory=lambda: [20, 50, 100])
     eval_batch_size: int = 4096
@@ -161,6 +176,9 @@ class Config:
         need(self.delta_every >= 1, "delta_every", ">= 1")
         need(math.isfinite(self.delta_scale), "delta_scale", "a finite number")
         need(self.delta_warmup >= 0, "delta_warmup", ">= 0")
+        need(math.isfinite(self.distill_weight) and self.distill_weight >= 0, "distill_weight", "a finite number >= 0")
+        need(self.distill_top >= 1, "distill_top", "an integer >= 1")
+        need(math.isfinite(self.distill_decay) and self.distill_decay > 0, "distill_decay", "a finite number > 0")
         need(0 <= self.hashgnn_soft_p0 <= 1, "hashgnn_soft_p0", "a probability in [0, 1]")
         need(0 <= self.hashgnn_soft_decay <= 1, "hashgnn_soft_decay", "in [0, 1]")
         need(self.epochs >= 0, "epochs", ">= 0")
@@ -176,6 +194,12 @@ class Config:
         need(0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto | cpu | cuda")
         need(self.threads >= 0, "threads", ">= 0")
+        if self.fanout is not None:
+            need(len(self.fanout) == self.layers and all(isinstance(f, int) and not isinstance(f, bool) and (f == -1 or f >= 1)
+                                                         for f in self.fanout),
+                 "fanout", f"a list of layers = {self.layers} integers, each -1 (all neighbours) or >= 1")
+        need(self.sparse_optimizer in ("rowwise_adagrad", "adagrad", "sgd", "adam"), "sparse_optimizer",
+             "rowwise_adagrad | adagrad | sgd | adam")
         need(len(self.ks) > 0 and all(isinstance(k, int) and k >= 1 for k in self.ks), "ks", "a list of integers >= 1")
         need(self.eval_batch_size >= 1, "eval_batch_size", ">= 1")
         need(0 < self.test_fraction < 1, "test_fraction", "in (0, 1)")
@@ -199,6 +223,9 @@ class Config:
         if self.from_run and self.model not in QUANTIZED_MODELS:
             raise ConfigError(f"setting from_run={self.from_run!r} does not apply to model={self.model!r} "
                               f"(only to {', '.join(QUANTIZED_MODELS)})")
+        if self.distill_from and self.model not in DISTILLED_MODELS:
+            raise ConfigError(f"setting distill_from={self.distill_from!r} does not apply to model={self.model!r} "
+                              f"(only to {', '.join(DISTILLED_MODELS)})")
         return self
 
     def _resolve_aliases(self) -> None:

@@ -35,6 +35,7 @@ from .evaluation import evaluate_model, excluded_for, monitor_split
 from .finite import first_nonfinite, named_tensors, ranking_problem
 from .models import build_graph, load_full_precision_run, resolve_device, use_threads
 from .models.base import ScoringModel
+from .models.distill import attach_distillation
 from .runs import CHECKPOINT, CHECKPOINT_VERSION, RunFolder, check_finite_state, data_summary, load_checkpoint
 from .runs import nonfinite_weights
 from .sampling import TripleSampler
@@ -112,6 +113,9 @@ class Trainer:
         self.adj = build_graph(model, data.train, self.device)
         self.adjacency_seconds = time.perf_counter() - t0
         self.model = model.to(self.device)
+        # the ranking-distillation term of a teacher run (distill_*; hqgnn.models.distill): the
+        # teacher's lists are rebuilt here, deterministically, for a new and a resumed run alike
+        attach_distillation(self.model, cfg.distill_from, data, cfg.distill_weight, cfg.distill_top, cfg.distill_decay)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr) if params else None
         self.sampler = TripleSampler(data.train)

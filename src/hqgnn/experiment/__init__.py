@@ -16,6 +16,7 @@ An experiment file::
       - {model: hqgnn, bits: 1, name: hqgnn-w2, settings: {ste_window: 2}}   # a named variant
       - {model: ste, bits: 2, seeds: [1]}  # a cell's own seeds
       - {model: hqgnn, bits: 1, name: hqgnn-pre, start_from: lightgcn}   # starts from that cell's E0
+      - {model: hqgnn, bits: 1, name: hqgnn-kd, distill_from: lightgcn}  # that cell's run as teacher
     reference: {model: hashgnn, bits: 1} # paired tests against this cell
     compare: [[hqgnn, ste]]              # head-to-head tables: hqgnn vs ste at every shared bit width
     metrics: [recall@50, ndcg@50]
@@ -34,7 +35,8 @@ data set and seed: ``lightgcn`` when the grid has one, else ``mf``, or the one t
 ``start_from: NAME`` names (e.g. a 2-layer variant ``lightgcn-L2``). A trained quantized cell
 with ``start_from: NAME`` starts from the trained E0 of the full-precision cell so named (its
 ``name``, else its model: ``lightgcn``, ``mf``) of the same data set and seed (setting
-``from_run``, a pre-training stage).
+``from_run``, a pre-training stage). ``distill_from: NAME`` makes that cell's run the teacher
+of a trained quantized cell (setting ``distill_from``; :mod:`hqgnn.models.distill`).
 
 The package, imported one way (no module imports one that imports it back)::
 

@@ -59,8 +59,9 @@ def run_experiment(path, out_dir: Optional[str] = None, progress: bool = True, s
     for cell, cfg in mine:
         run_dir = cell.run_dir(out)
         bar.set_postfix_str(f"{cell.dataset} {cell.label} seed {cell.seed}")
-        if cfg.from_run and not (Path(cfg.from_run) / "model.pt").is_file():
-            bar.write(f"skipped {cell.dataset} {cell.label} seed {cell.seed}: {cfg.from_run} is not finished (another shard?)")
+        source = next((r for r in (cfg.from_run, cfg.distill_from) if r and not (Path(r) / "model.pt").is_file()), None)
+        if source:
+            bar.write(f"skipped {cell.dataset} {cell.label} seed {cell.seed}: {source} is not finished (another shard?)")
         elif not cell.is_finished(out):  # another shard may have finished it meanwhile
             key = (cfg.data, cfg.val_fraction, cfg.split_seed)
             if key not in data_cache:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import FULL_PRECISION_MODELS, ONE_BIT_MODELS, POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
+from ..config import DISTILLED_MODELS, FULL_PRECISION_MODELS, ONE_BIT_MODELS, POST_HOC_MODELS, QUANTIZED_MODELS, Config, read_yaml
 from ..errors import ConfigError
 
 _KEYS = {"name", "out", "datasets", "config", "settings", "seeds", "cells", "reference", "compare", "metrics"}
-_CELL_KEYS = {"model", "bits", "seeds", "settings", "config", "name", "start_from"}
+_CELL_KEYS = {"model", "bits", "seeds", "settings", "config", "name", "start_from", "distill_from"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Cell:
     settings: tuple
     name: Optional[str] = None  # a variant's display name (same model, other settings)
     start_from: Optional[str] = None  # name of the full-precision cell (same data set, seed) it starts from
+    distill_from: Optional[str] = None  # name of the full-precision cell (same data set, seed) it distils from
 
     @property
     def display(self) -> str:
@@ -93,6 +94,11 @@ def expand_cells(spec: dict) -> list[Cell]:
                 raise ConfigError(f"experiment cell {entry!r}: start_from={start!r} needs a quantized "
                                   f"model and the name of a full-precision cell of the grid "
                                   f"({', '.join(sorted(full_precision)) or 'none'})")
+            teacher = entry.get("distill_from")
+            if teacher is not None and (teacher not in full_precision or entry["model"] not in DISTILLED_MODELS):
+                raise ConfigError(f"experiment cell {entry!r}: distill_from={teacher!r} needs a model of "
+                                  f"{', '.join(DISTILLED_MODELS)} and the name of a full-precision cell of the grid "
+                                  f"({', '.join(sorted(full_precision)) or 'none'})")
             bits_list = entry.get("bits")
             if entry["model"] in QUANTIZED_MODELS:
                 bits_list = bits_list if isinstance(bits_list, list) else [bits_list or (1 if entry["model"] in ONE_BIT_MODELS else 4)]
@@ -113,10 +119,12 @@ def expand_cells(spec: dict) -> list[Cell]:
                             settings=tuple(sorted(extra.items())),
                             name=entry.get("name"),
                             start_from=start,
+                            distill_from=teacher,
                         )
                     )
-    # full-precision runs first: post-hoc cells quantize them, start_from cells start from them
-    return sorted(cells, key=lambda c: (c.model in POST_HOC_MODELS or c.start_from is not None, c.dataset))
+    # full-precision runs first: post-hoc cells quantize them, start_from / distill_from cells use them
+    return sorted(cells, key=lambda c: (c.model in POST_HOC_MODELS or c.start_from is not None
+                                        or c.distill_from is not None, c.dataset))
 
 
 def full_precision_model(cells: list[Cell], dataset: str) -> str:
@@ -132,5 +140,7 @@ def cell_config(cell: Cell, out: Path, source: str = "lightgcn") -> Config:
     if cell.model in POST_HOC_MODELS or cell.start_from:
         fp_name = cell.start_from or source  # a full-precision cell's display name, which is its folder
         extra["from_run"] = str(Cell(cell.dataset, cell.data_path, fp_name, None, cell.seed, None, ()).run_dir(out))
+    if cell.distill_from:
+        extra["distill_from"] = str(Cell(cell.dataset, cell.data_path, cell.distill_from, None, cell.seed, None, ()).run_dir(out))
     cfg = Config.load(cell.config, None, extra)
     return cfg.updated(dict(cell.settings), "experiment settings").validate()

@@ -87,6 +87,9 @@ class QuantizedModel(ScoringModel):
         if self.sign_loss_weight > 0:
             us, is_ = self.user_sign_quantizer(u), self.item_sign_quantizer(i)
             loss = loss + self.sign_loss_weight * gathered_bpr_loss(us, is_, users, pos, neg)
+        distillation = self._modules.get("distillation")  # the teacher's term (models.distill), when attached
+        if distillation is not None:
+            loss = loss + distillation(uq, iq, users, neg)
         return loss, {"triples": (users, pos, neg)}
 
     # ------------------------------------------------------------ export
@@ -203,11 +206,18 @@ class HQGNNModel(QuantizedModel):
         self.train(False)
         uq, iq = self._quantized_tables(context.adj)
         self.train(was)
-        su, si = self.user_quantizer.step, self.item_quantizer.step
         gen = torch.Generator().manual_seed(int(context.epoch_rng.integers(2**62)))
-        stats = {"user": [0.0, 0.0, 0], "item": [0.0, 0.0, 0]}
+        stats = self.delta_statistics(uq, iq, context.sample_batches(self.hutchinson_batches), gen)
+        return self.apply_delta_statistics(stats, t0)
+
+    def delta_statistics(self, uq, iq, batches, gen) -> dict:
+        """Sums over ``batches`` of (users, pos, neg) rows of the quantized tables ``uq``, ``iq``
+        (at the quantizers' current steps): ``{"user": [sum Tr(H)/N, sum std(g), batches], "item":
+        [...], "probes": n}``; summable over batches and ranks (:mod:`hqgnn.distributed` all-reduces them)."""
+        su, si = self.user_quantizer.step, self.item_quantizer.step
+        stats = {"user": [0.0, 0.0, 0], "item": [0.0, 0.0, 0], "probes": 0}
         probes = 0
-        for users, pos, neg in context.sample_batches(self.hutchinson_batches):
+        for users, pos, neg in batches:
             uniq_u, inv_u = torch.unique(users, return_inverse=True)
             items = torch.cat([pos, neg])
             uniq_i, inv_i = torch.unique(items, return_inverse=True)
@@ -227,6 +237,12 @@ class HQGNNModel(QuantizedModel):
                 stats[name][0] += est.trace / x.numel()
                 stats[name][1] += float(est.grad.std())
                 stats[name][2] += 1
+        stats["probes"] = probes
+        return stats
+
+    def apply_delta_statistics(self, stats: dict, t0: float) -> dict:
+        """Set delta on both quantizers from :meth:`delta_statistics`' sums; returns the log entry."""
+        probes = stats["probes"]
         log = {}
         for name, quantizer in (("user", self.user_quantizer), ("item", self.item_quantizer)):
             tr, sd, n = stats[name]

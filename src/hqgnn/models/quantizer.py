@@ -76,7 +76,10 @@ class GSTEQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, bits: int, delta: float, clip_gradient: bool = True, scale_grad_factor: float = 1.0,
-                window: float = 1.0):
+                window: float = 1.0, sign_source=None):
+        # sign_source: None, or a function of g giving the gradient whose sign the GSTE takes (the
+        # distributed trainer's sum of g over the ranks: hqgnn.distributed.trainer)
+        ctx.sign_source = sign_source
         z = x / scale
         k = grid_codes(z, bits)
         ctx.save_for_backward(z, k, scale)
@@ -95,7 +98,8 @@ class GSTEQuantize(torch.autograd.Function):
             # the clipped STE), the error term stays within half a step beyond the grid
             factor = inside if ctx.window == 1.0 else (z.abs() <= limit * ctx.window).to(g.dtype)
             if ctx.delta != 0.0:
-                factor = factor * (1.0 + ctx.delta * torch.sign(g) * (z - half).clamp(-0.5, 0.5))
+                g_sign = g if ctx.sign_source is None else ctx.sign_source(g)
+                factor = factor * (1.0 + ctx.delta * torch.sign(g_sign) * (z - half).clamp(-0.5, 0.5))
             grad_x = g * factor
         else:
             # HashGNN: codes are sign(tanh(z)) and the identity STE crosses the sign only,
@@ -106,7 +110,7 @@ class GSTEQuantize(torch.autograd.Function):
             # LSQ: d x_hat / d s = k/2 - z inside the range, k/2 (the clipped level) outside
             dxs = half - z * inside
             grad_s = (g * dxs).sum().reshape(scale.shape) * ctx.sgf
-        return grad_x, grad_s, None, None, None, None, None
+        return grad_x, grad_s, None, None, None, None, None, None
 
 
 class Quantizer(nn.Module):

@@ -1,0 +1,292 @@
+"""The distributed trainer (hqgnn.distributed) on 2 gloo processes, against single-process answers.
+
+The processes run in tests/dist_cases.py (spawned once per world size, module-scoped); the
+answers they are held to come from the single-process, dense code path (graph.propagate over the
+full normalised adjacency, the model's own loss and autograd)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+needs_torchrec = pytest.mark.skipif(importlib.util.find_spec("torchrec") is None,
+                                    reason="the distributed extra is not installed (pip install 'hqgnn[distributed]')")
+
+from dist_cases import first_batch, toy_config  # noqa: E402
+
+SGD = ["sparse_optimizer=sgd", "lr=1.0", "weight_decay=0.01", "batch_size=64"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    src = str(HERE.parent / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _spawn(world_size: int, workdir: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(HERE / "dist_cases.py"), str(world_size), str(_port()), str(workdir)],
+                          capture_output=True, text=True, timeout=400, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(workdir / f"results-ws{world_size}.pt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def ws2(tmp_path_factory):
+    return _spawn(2, tmp_path_factory.mktemp("ws2"))
+
+
+@pytest.fixture(scope="module")
+def ws1(tmp_path_factory):
+    return _spawn(1, tmp_path_factory.mktemp("ws1"))
+
+
+def dense_step(cfg, delta: float = 0.0):
+    """E^0, its gradient and the loss of one single-process step on the first batch (full graph)."""
+    from hqgnn.loading import prepare_data
+    from hqgnn.models import build_graph, initial_model
+    from hqgnn.models.base import gathered_bpr_loss
+    from hqgnn.models.quantizer import GSTEQuantize
+
+    data = prepare_data(cfg)
+    model = initial_model(cfg, data)
+    adj = build_graph(model, data.train)
+    u, p, n = (torch.from_numpy(a) for a in first_batch(cfg, data))
+    e0 = model.encoder.embedding.detach().clone()
+    if cfg.model == "lightgcn":
+        loss, _ = model.loss(adj, u, p, n)  # the single-process trainer's own loss
+    else:
+        # the same Q_b and GSTE on the full-graph embeddings, with the step calibrated on the
+        # batch's rows (users once per triple; positives and negatives), as the distributed trainer does
+        ua, ia = model.encoder(adj)
+        qs = []
+        for q, x, rows in ((model.user_quantizer, ua, ua[u]), (model.item_quantizer, ia, torch.cat([ia[p], ia[n]]))):
+            qs.append(GSTEQuantize.apply(x, q.calibrated_scale(rows), q.bits, delta, True, 1.0, 1.0))
+        loss = gathered_bpr_loss(qs[0], qs[1], u, p, n)
+    total = loss + cfg.weight_decay * model.encoder.l2_penalty(u, p, n)
+    total.backward()
+    return e0, model.encoder.embedding.grad.clone(), float(total.detach())
+
+
+@needs_torchrec
+def test_plan_splits_the_table_over_both_ranks(ws2):
+    plan = ws2["float"]["plan"]
+    table = plan["tables"]["nodes"]
+    assert plan["world_size"] == 2 and table["sharding_type"] == "row_wise"
+    shards = sorted(table["shards"], key=lambda s: s["rows"][0])
+    assert [s["rank"] for s in shards] == [0, 1]
+    assert shards[0]["rows"][0] == 0 and shards[0]["rows"][1] == shards[1]["rows"][0] and shards[1]["rows"][1] == 50
+    # and each rank really holds only its half: table bytes per rank halve from world size 1 to 2
+    assert ws2["float"]["bytes"]["table_bytes"] == [25 * 8 * 4, 25 * 8 * 4]
+
+
+@needs_torchrec
+@pytest.mark.parametrize("key,cfg_args,delta", [("float", ["model=lightgcn"], 0.0),
+                                                ("quantized", ["model=hqgnn", "bits=4"], 0.3)])
+def test_full_fanout_equals_dense_lightgcn(ws2, ws1, key, cfg_args, delta):
+    e0, grad, total = dense_step(toy_config(*cfg_args, *SGD), delta)
+    assert grad.abs().max() > 1e-4  # a step that moves something
+    for res in (ws1[key], ws2[key]):
+        assert torch.equal(res["before"], e0)  # the same seeded start as the single-process model
+        # fused SGD at lr 1: E0 before - after is the gradient
+        torch.testing.assert_close(res["before"] - res["after"], grad, rtol=0, atol=1e-6)
+        assert res["total"] == pytest.approx(total, rel=1e-6)
+
+
+@needs_torchrec
+def test_the_learning_rate_schedule_reaches_the_fused_optimizer(ws2):
+    # fused SGD: the step is lr x the gradient; cosine from 1.0 to 0.1 over 3 epochs is 0.55 at epoch 1
+    full, cosine = ws2["float"], ws2["cosine"]
+    assert cosine["lr"] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 2)))
+    torch.testing.assert_close(cosine["before"] - cosine["after"], 0.55 * (full["before"] - full["after"]),
+                               rtol=0, atol=1e-6)
+
+
+@needs_torchrec
+def test_world_size_1_and_2_take_the_same_step(ws2, ws1):
+    a, b = ws2["adagrad"], ws1["adagrad"]
+    assert (a["after"] - a["before"]).abs().max() > 1e-3
+    torch.testing.assert_close(a["after"], b["after"], rtol=0, atol=1e-6)
+    # row-wise Adagrad: one float per row, split over the ranks like the table
+    assert a["bytes"]["optimizer_bytes"] == [25 * 4, 25 * 4] and b["bytes"]["optimizer_bytes"] == [50 * 4]
+
+
+@needs_torchrec
+def test_sharded_checkpoint_resumes_exactly(ws2):
+    r = ws2["resume"]
+    losses = [h["loss"] for h in r["straight_history"] if "loss" in h]
+    assert len(losses) == 2
+    assert losses == [h["loss"] for h in r["resumed_history"] if "loss" in h]
+    for key in ("recall@20", "ndcg@20", "delta_user", "delta_item", "user_scale", "item_scale"):
+        assert r["resumed"][key] == r["straight"][key]
+    assert r["resumed"]["world_size"] == 2 and r["resumed"]["delta_user"] > 0
+
+
+@needs_torchrec
+def test_resume_with_other_settings_is_one_line(ws2):
+    msg = ws2["bad_resume"]
+    assert msg.startswith("CheckpointError") and "bits=2" in msg and "bits=3" in msg and "\n" not in msg
+
+
+def test_resume_with_another_world_size_is_one_line(tmp_path):
+    from hqgnn.distributed.checkpoint import FOLDER, META, VERSION
+    from hqgnn.distributed.launch import precheck
+    from hqgnn.errors import CheckpointError
+
+    (tmp_path / FOLDER).mkdir()
+    torch.save({"version": VERSION, "world_size": 2}, tmp_path / FOLDER / META)
+    with pytest.raises(CheckpointError, match=r"written by 2 ranks, this run has 1: resume with --nproc-per-node 2") as e:
+        precheck(tmp_path, resume=True, overwrite=False, world_size=1)
+    assert "\n" not in str(e.value)
+
+
+def test_checkpoint_of_another_sharding_is_refused():
+    from hqgnn.distributed.checkpoint import check_compatible
+    from hqgnn.errors import CheckpointError
+    from hqgnn.loading import prepare_data
+
+    cfg = toy_config()
+    data = prepare_data(cfg)
+    plan = {"nodes": {"sharding_type": "row_wise", "shards": [{"rank": 0, "rows": [0, 50]}]}}
+    meta = {"world_size": 1, "data_fingerprint": data.fingerprint(), "config": cfg.to_dict(),
+            "plan": {"nodes": {"sharding_type": "table_wise", "shards": [{"rank": 0, "rows": [0, 50]}]}}}
+    with pytest.raises(CheckpointError, match=r"sharded as \{'nodes': 'table_wise'\}.*row_wise"):
+        check_compatible(meta, cfg, data, 1, plan, "x")
+
+
+def test_fanout_of_the_wrong_length_is_one_line():
+    from hqgnn.config import Config
+    from hqgnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"setting fanout=\[10, 5\] is out of range: expected a list of layers = 3"):
+        Config.load(None, ["fanout=[10, 5]"])
+    assert Config.load(None, ["fanout=[10, 5, -1]"]).fanout == [10, 5, -1]
+    with pytest.raises(ConfigError, match="fanout"):
+        Config.load(None, ["fanout=[10, 0, -1]"])
+
+
+def test_sampled_fanout_is_unbiased_and_full_fanout_exact():
+    """The subgraph alone (no processes): full fan-out equals dense propagation exactly; the mean
+    of sampled fan-outs approaches it."""
+    import scipy.sparse as sp
+
+    from hqgnn.distributed.subgraph import propagate_blocks, sample_blocks, shared_graph
+    from hqgnn.graph import normalized_adjacency, propagate
+
+    r = sp.random(30, 20, density=0.25, random_state=1, format="csr")
+    r.data[:] = 1
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    dense = propagate(normalized_adjacency(r), x, (0.25,) * 4)
+    g = shared_graph(r, None)
+    t = np.array([3, 7, 35, 40, 0])
+    rng = np.random.default_rng(0)
+    b = sample_blocks(g, t, [-1, -1, -1], rng)
+    torch.testing.assert_close(propagate_blocks(x[torch.from_numpy(b.nodes)], b, (0.25,) * 4), dense[t], rtol=1e-5, atol=1e-6)
+    acc = torch.zeros(len(t), 4)
+    for _ in range(400):
+        b = sample_blocks(g, t, [2, 2, 2], rng)
+        acc += propagate_blocks(x[torch.from_numpy(b.nodes)], b, (0.25,) * 4)
+    err = (acc / 400 - dense[t]).abs().max()
+    assert err < 0.1 * dense[t].abs().max()
+
+
+def test_sampled_blocks_propagate_as_their_edge_lists_say():
+    """A sampled neighbourhood (duplicates, unsorted rows) propagates, forward and backward, as a
+    plain loop over its edges does; the position-array and binary-search id maps build the same blocks."""
+    import scipy.sparse as sp
+
+    import hqgnn.distributed.subgraph as sg
+
+    r = sp.random(300, 200, density=0.05, random_state=1, format="csr")
+    r.data[:] = 1
+    g = sg.shared_graph(r, None)
+    t = np.array([3, 7, 350, 400, 0, 299])
+    b = sg.sample_blocks(g, t, [3, 2, 4], np.random.default_rng(5))
+    old, sg.DENSE_LOOKUP = sg.DENSE_LOOKUP, 0
+    try:
+        b2 = sg.sample_blocks(g, t, [3, 2, 4], np.random.default_rng(5))
+    finally:
+        sg.DENSE_LOOKUP = old
+    assert np.array_equal(b.nodes, b2.nodes)
+    assert all(np.array_equal(x, y) for h1, h2 in zip(b.hops, b2.hops) for x, y in zip(h1[:3], h2[:3]))
+
+    def loop(x):
+        h, out = x, x[: len(t)] * 0.25
+        for l in range(3):
+            rows, cols, w, n_rows, _ = b.hops[2 - l]
+            nxt = np.zeros((n_rows, x.shape[1]))
+            np.add.at(nxt, rows, w[:, None] * h[cols])
+            h, out = nxt, out + 0.25 * nxt[: len(t)]
+        return out
+
+    x = torch.randn(len(b.nodes), 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = sg.propagate_blocks(x, b, (0.25,) * 4)
+    xn = x.detach().double().numpy()
+    np.testing.assert_allclose(out.detach().numpy(), loop(xn), atol=1e-6)
+    # the propagation is linear: its gradient is the loop's transpose, checked on a random direction
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(gout)
+    v = np.random.default_rng(0).normal(size=xn.shape)
+    assert (x.grad.double().numpy() * v).sum() == pytest.approx((loop(v) * gout.double().numpy()).sum(), rel=1e-5)
+
+
+@needs_torchrec
+def test_cli_nproc_per_node_writes_a_run_that_evaluate_reads(tmp_path):
+    out = tmp_path / "run"
+
+    def cmd(nproc, *more):
+        return [sys.executable, "-m", "hqgnn", "train", "--nproc-per-node", str(nproc), "--data", "synthetic", "--model",
+                "hqgnn", "--bits", "2", "--out", str(out), "--quiet", "--set", "synthetic_users=40", "synthetic_items=30",
+                "dim=8", "layers=2", "lr=0.05", "eval_every=1", "fanout=[4, -1]", *more]
+
+    proc = subprocess.run(cmd(2, "--epochs", "2"), capture_output=True, text=True, timeout=400, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout)
+    assert metrics["world_size"] == 2 and metrics["fanout"] == [4, -1] and metrics["sharding"] == {"nodes": "row_wise"}
+    plan = json.loads((out / "plan.json").read_text())
+    assert {s["rank"] for s in plan["tables"]["nodes"]["shards"]} == {0, 1}
+    ev = subprocess.run([sys.executable, "-m", "hqgnn", "evaluate", str(out)], capture_output=True, text=True,
+                        timeout=200, env=_env())
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["recall@20"] == pytest.approx(metrics["recall@20"], abs=1e-6)
+    again = subprocess.run(cmd(1, "--resume", "--epochs", "3"), capture_output=True, text=True, timeout=200, env=_env())
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith("hqgnn: error: ") and "written by 2 ranks" in again.stderr
+
+
+def test_without_the_extra_torchrun_says_what_to_install(tmp_path):
+    fake = tmp_path / "torchrec"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('No module named torchrec')\n")
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    env.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
+    proc = subprocess.run([sys.executable, "-m", "hqgnn", "train", "--data", "synthetic", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'hqgnn[distributed]'" in lines[0]
+    env.pop("WORLD_SIZE"), env.pop("RANK"), env.pop("LOCAL_RANK")
+    proc = subprocess.run([sys.executable, "-m", "hqgnn", "train", "--nproc-per-node", "2", "--data", "synthetic",
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "pip install 'hqgnn[distributed]'" in proc.stderr
