@@ -205,3 +205,14 @@ def test_version_1_run_folders_of_the_old_spellings_load_and_resume(tmp_path, mo
                                                                          progress=False)
     assert resumed["epochs"] == 3
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == model  # rewritten in the one spelling
+
+
+@pytest.mark.parametrize("bad", [[1.5], [True], [float("nan")], [float("inf")]])
+def test_recommend_refuses_user_ids_that_are_not_integers(trained, bad):
+    """1.5 or True is not user 1 (the CLI refuses --user 1.5 too); 3.0 from a float column is user 3."""
+    from hqgnn.index import RetrievalError
+
+    rec = trained[0]
+    with pytest.raises(RetrievalError, match="is not an integer"):
+        rec.recommend(bad, k=5)
+    assert np.array_equal(rec.recommend([3.0], k=5).items, rec.recommend([3], k=5).items)

@@ -271,6 +271,70 @@ def test_cli_nproc_per_node_writes_a_run_that_evaluate_reads(tmp_path):
     again = subprocess.run(cmd(1, "--resume", "--epochs", "3"), capture_output=True, text=True, timeout=200, env=_env())
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith("hqgnn: error: ") and "written by 2 ranks" in again.stderr
+    # an error raised inside the ranks (another fan-out on resume): one line, once, the rank's exit code
+    other = [a if a != "fanout=[4, -1]" else "fanout=[3, -1]" for a in cmd(2, "--resume", "--epochs", "3")]
+    ranks = subprocess.run(other, capture_output=True, text=True, timeout=400, env=_env())
+    assert ranks.returncode == 2, ranks.stderr[-3000:]
+    errors = [line for line in ranks.stderr.splitlines() if line.startswith("hqgnn: error:")]
+    assert len(errors) == 1 and "fanout" in errors[0], ranks.stderr[-3000:]
+    assert "ChildFailedError" not in ranks.stderr and "Traceback" not in ranks.stderr
+    # nested launches and a single-process resume of this folder are refused in one line
+    env = _env()
+    env.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
+    nested = subprocess.run(cmd(2, "--epochs", "2", "--overwrite"), capture_output=True, text=True, timeout=200, env=env)
+    assert nested.returncode == 2 and len(nested.stderr.strip().splitlines()) == 1
+    assert "already a rank of a torchrun job" in nested.stderr
+    single = subprocess.run(cmd(2, "--resume")[:4] + cmd(2, "--resume")[6:], capture_output=True, text=True,
+                            timeout=200, env=_env())
+    assert single.returncode == 2 and "resume it with --nproc-per-node" in single.stderr, single.stderr
+
+
+def test_relay_keeps_rank_errors_one_line_and_rank_tracebacks_whole():
+    """torchrun's own ChildFailedError block is dropped (its exit code kept); a rank's crash is not."""
+    import io
+
+    from hqgnn.distributed.launch import relay
+
+    torchrun_block = [
+        "Traceback (most recent call last):\n", '  File "<frozen runpy>", line 198, in _run_module_as_main\n',
+        "    raise ChildFailedError(\n",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n",
+        "============================================================\n", "hqgnn FAILED\n",
+        "Root Cause (first observed failure):\n", "[0]:\n", "  rank      : 0 (local_rank: 0)\n",
+        "  exitcode  : 2 (pid: 123)\n", "============================================================\n"]
+    crash = ["Traceback (most recent call last):\n", '  File "x.py", line 1, in <module>\n',
+             "ZeroDivisionError: division by zero\n"]
+    text = ["train hqgnn: 50%\n", "hqgnn: error: setting fanout=[3, -1]: differs\n",
+            "hqgnn: error: setting fanout=[3, -1]: differs\n", *crash, *torchrun_block]
+    sink = io.StringIO()
+    assert relay(iter(text), sink) == 2
+    assert sink.getvalue() == "train hqgnn: 50%\nhqgnn: error: setting fanout=[3, -1]: differs\n" + "".join(crash)
+    sink = io.StringIO()
+    assert relay(iter(["all well\n"]), sink) is None and sink.getvalue() == "all well\n"
+
+
+def test_overwrite_removes_a_distributed_runs_files(tmp_path):
+    from hqgnn.runs import RunFolder
+
+    (tmp_path / "dist_checkpoint" / "0").mkdir(parents=True)
+    (tmp_path / "graph").mkdir()
+    (tmp_path / "graph" / "indptr.npy").write_bytes(b"x")
+    for name in ("plan.json", "metrics.json", "model.pt", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    RunFolder(tmp_path).clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # only the run's files go
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of device=cuda on a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused_not_ignored():
+    from hqgnn.config import Config
+    from hqgnn.distributed.trainer import check_supported
+    from hqgnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="device='cuda': CUDA is not available"):
+        check_supported(Config.load(overrides=["model=hqgnn", "device=cuda"]))
+    with pytest.raises(ConfigError, match="sparse_optimizer='adam': FBGEMM has no fused adam on CPU"):
+        check_supported(Config.load(overrides=["model=hqgnn", "device=cpu", "sparse_optimizer=adam"]))
 
 
 def test_without_the_extra_torchrun_says_what_to_install(tmp_path):

@@ -178,3 +178,15 @@ def test_recommender_budget_bytes():
         Recommender(budget_bytes=16, bits=2)
     with pytest.raises(ConfigError, match=r"^budget_bytes=16 picks the bit width and dims: drop dim=8"):
         Recommender(budget_bytes=16, dim=8)
+
+
+def test_the_budget_sets_the_model_before_settings_that_depend_on_it_are_checked():
+    """A config's default lightgcn becomes hqgnn first: distill_from / from_run then fit it."""
+    from hqgnn.config import Config
+    from hqgnn.errors import ConfigError
+    from hqgnn.frontier import apply_budget
+
+    with pytest.raises(ConfigError, match="distill_from"):
+        Config.load(overrides=["distill_from=teacher-run"])  # lightgcn: refused without a budget
+    cfg, pick = apply_budget(Config.load(overrides=["distill_from=teacher-run"], validate=False), 8)
+    assert (cfg.model, cfg.bits, cfg.dim) == ("hqgnn", pick.bits, pick.dim) and cfg.distill_from == "teacher-run"

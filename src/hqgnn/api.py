@@ -60,7 +60,9 @@ class Recommender:
         else:
             base = Config.load(config) if config else Config()
         values = settings if model is None else {"model": model, **settings}
-        self.cfg = base.updated(values, "Recommender()").validate()
+        self.cfg = base.updated(values, "Recommender()")
+        if budget_bytes is None:  # with a budget: validated once it has set the model, bits and dims
+            self.cfg = self.cfg.validate()
         #: the frontier's pick for ``budget_bytes`` (:class:`hqgnn.frontier.Pick`), else None
         self.budget_pick = None
         if budget_bytes is not None:

@@ -37,7 +37,9 @@ def cmd_train(args) -> int:
 
     extra = {"model": args.model, "bits": args.bits, "seed": args.seed, "device": args.device, "from_run": args.from_run,
              "epochs": args.epochs, "data": args.data}
-    cfg = Config.load(args.config, args.set, extra)
+    # with a budget, the settings are validated once the budget has set the model, bits and dims (a
+    # config's lightgcn becomes hqgnn before --from or distill_from are checked against it)
+    cfg = Config.load(args.config, args.set, extra, validate=args.budget_bytes is None)
     if args.budget_bytes is not None:  # the measured frontier's best code of at most N bytes per item
         from .frontier import apply_budget
 
@@ -49,7 +51,7 @@ def cmd_train(args) -> int:
     if args.nproc_per_node is not None:  # torchrun this same command on this machine (hqgnn.distributed)
         from .distributed.launch import launch
 
-        return launch(args, args.nproc_per_node)
+        return launch(args, args.nproc_per_node, cfg)
     if under_torchrun():  # one rank of a distributed run (docs/distributed.md)
         from .distributed.launch import require_torchrec, train as train_distributed
 
@@ -63,6 +65,9 @@ def cmd_train(args) -> int:
         raise HQGNNError(f"{out}: a finished run is already there (use --resume to continue it or --overwrite)")
     if out.exists() and (out / "checkpoint.pt").exists() and not args.resume and not args.overwrite:
         raise HQGNNError(f"{out}: holds a checkpoint of an unfinished run (use --resume to continue it or --overwrite)")
+    if args.resume and (out / "dist_checkpoint").exists() and not (out / "checkpoint.pt").exists():
+        raise HQGNNError(f"{out}: holds a distributed run's checkpoint (plan.json: its world size): resume it with "
+                         "--nproc-per-node N or under torchrun")
     rec = Recommender(config=cfg)
     data = prepare_data(cfg)  # bad data or settings fail here, before --overwrite removes anything
     if args.overwrite and not args.resume:

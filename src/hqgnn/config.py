@@ -254,11 +254,14 @@ class Config:
         return out
 
     @classmethod
-    def load(cls, path: Optional[str] = None, overrides: Optional[list] = None, extra: Optional[dict] = None) -> "Config":
+    def load(cls, path: Optional[str] = None, overrides: Optional[list] = None, extra: Optional[dict] = None,
+             validate: bool = True) -> "Config":
         """Defaults, then the YAML file (and the files its ``base:`` names, base first), then
         ``extra`` (named CLI flags; None values are skipped), then ``--set`` pairs (``"key=value"``,
-        values read as YAML); validated. Raises :class:`~hqgnn.errors.ConfigError`: a missing or
-        invalid file, an unknown setting, a value of the wrong type or out of range."""
+        values read as YAML); validated unless ``validate`` is False (for a caller that changes
+        settings first and validates after, as ``--budget-bytes`` does). Raises
+        :class:`~hqgnn.errors.ConfigError`: a missing or invalid file, an unknown setting, a value
+        of the wrong type or out of range."""
         cfg = cls()
         if path:
             for file, values in read_config_chain(path):
@@ -267,7 +270,7 @@ class Config:
             cfg = cfg.updated({k: v for k, v in extra.items() if v is not None}, "command line")
         if overrides:
             cfg = cfg.updated(parse_overrides(overrides), "--set")
-        return cfg.validate()
+        return cfg.validate() if validate else cfg
 
     def save(self, path: Path) -> None:
         from .storage import write_text_atomic

@@ -37,6 +37,10 @@ MODEL = "model.pt"
 METRICS = "metrics.json"
 DATA = "data.json"
 RUN_FILES = (CONFIG, HISTORY, CHECKPOINT, MODEL, METRICS, DATA)
+#: what the distributed trainer (hqgnn.distributed) adds: the sharding plan, the sharded
+#: checkpoint and the memory-mapped graph; ``--overwrite`` removes them too
+DISTRIBUTED_FILES = ("plan.json",)
+DISTRIBUTED_FOLDERS = ("dist_checkpoint", "graph")
 
 #: The layout of ``checkpoint.pt`` / ``model.pt``. Version 1: ``{"version", "config", "model",
 #: "data_fingerprint", ...}`` with the state dict keys of :mod:`hqgnn.models` (``encoder.embedding``,
@@ -144,12 +148,19 @@ class RunFolder:
 
     def clear(self) -> list[str]:
         """Remove the run files (only those); returns the names removed."""
+        import shutil
+
         removed = []
-        for name in RUN_FILES:
+        for name in RUN_FILES + DISTRIBUTED_FILES:
             path = self.path / name
             if path.is_file():
                 path.unlink()
                 removed.append(name)
+        for name in DISTRIBUTED_FOLDERS:
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed.append(name + "/")
         return removed
 
     # ------------------------------------------------------------ settings

@@ -53,15 +53,84 @@ def precheck(out: Path, resume: bool, overwrite: bool, world_size: int) -> None:
     if out.exists() and ((out / FOLDER).exists() or (out / "checkpoint.pt").exists()) and not resume and not overwrite:
         raise HQGNNError(f"{out}: holds a checkpoint of an unfinished run (use --resume to continue it or --overwrite)")
     if resume:
+        if not (out / FOLDER).exists() and (out / "checkpoint.pt").exists():
+            raise HQGNNError(f"{out}: holds a single-process run's checkpoint.pt, no distributed checkpoint: "
+                             "resume it without --nproc-per-node / torchrun")
         meta = read_meta(out)
         check_world(meta, world_size, out / FOLDER)
 
 
+#: the first line of the block torchrun prints when a rank fails (its own traceback), and where it
+#: names the rank's exit code
+_FAILED = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+
+
+def relay(stream, sink) -> Optional[int]:
+    """Copy the ranks' output from ``stream`` to ``sink`` as it comes, keeping each error one line.
+
+    A rank that fails with an hqgnn error prints one line (``hqgnn: error: ...``) and exits 2; each
+    rank prints it, and torchrun then adds its own traceback and failure summary
+    (``ChildFailedError``, ~40 lines) and exits 1. The user should see the one line, once, and the
+    rank's exit code. So a repeated error line is dropped; a traceback is held until its exception
+    line and passed on whole unless it is torchrun's ``ChildFailedError`` (a rank's own crash keeps
+    its traceback); torchrun's block and the summary after it are dropped, and the failed rank's
+    exit code is read from it. Returns that exit code, or None."""
+    import re
+
+    seen: set = set()
+    block: list = []
+    code = None
+    swallowing = False
+    for line in stream:
+        if swallowing:  # torchrun's failure summary: only its exit code matters
+            found = re.match(r"\s*exitcode\s*:\s*(-?\d+)", line)
+            if found and code is None:
+                code = int(found.group(1))
+            continue
+        if block:
+            block.append(line)
+            if _FAILED in line:
+                swallowing, block = True, []
+            elif line.strip() and not line[0].isspace() and not line.startswith(("Traceback", "During handling",
+                                                                                 "The above exception")):
+                sink.write("".join(block))  # a traceback of the ranks' own: passed on whole
+                sink.flush()
+                block = []
+            continue
+        if line.startswith("Traceback (most recent call last):"):
+            block.append(line)
+            continue
+        if line.startswith("hqgnn: error:"):
+            if line in seen:
+                continue
+            seen.add(line)
+        sink.write(line)
+        sink.flush()
+    if block:
+        sink.write("".join(block))
+    return code
+
+
 def launch(args, nproc: int, cfg=None) -> int:
-    """``hqgnn train --nproc-per-node N ...``: torchrun the same command on this machine; its exit status."""
+    """``hqgnn train --nproc-per-node N ...``: torchrun the same command on this machine; its exit status.
+
+    What can be checked here is checked before any process starts (one line each): already
+    under torchrun, N < 1, the extra missing, the run folder, a resume's world size, and, with
+    ``cfg``, the settings the distributed trainer refuses and a data path that does not exist.
+    A rank's own error then reaches the user as its one line, once, with the rank's exit code
+    (:func:`relay`)."""
+    if under_torchrun():
+        raise HQGNNError(f"--nproc-per-node {nproc}: this is already a rank of a torchrun job (WORLD_SIZE="
+                         f"{os.environ.get('WORLD_SIZE')}); drop --nproc-per-node, torchrun starts the ranks")
     if nproc < 1:
         raise HQGNNError(f"--nproc-per-node {nproc}: expected >= 1")
     require_torchrec()
+    if cfg is not None:
+        from .trainer import check_supported
+
+        check_supported(cfg)
+        if cfg.data and cfg.data != "synthetic" and not Path(cfg.data).exists():
+            raise HQGNNError(f"--data {cfg.data}: no such file or folder")
     precheck(Path(args.out), args.resume, args.overwrite, nproc)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "hqgnn", "train", "--out", str(args.out)]
@@ -75,7 +144,12 @@ def launch(args, nproc: int, cfg=None) -> int:
     cmd += [f for f, on in (("--resume", args.resume), ("--overwrite", args.overwrite), ("--quiet", args.quiet)) if on]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run(cmd, env=env).returncode
+    env["PYTHONUNBUFFERED"] = "1"  # progress and errors arrive as they happen through the relay
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
+                          bufsize=1) as proc:
+        rank_code = relay(proc.stderr, sys.stderr)
+        status = proc.wait()
+    return rank_code if status != 0 and rank_code else status
 
 
 def train(cfg, data, out, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Optional[dict]:
@@ -94,7 +168,9 @@ def train(cfg, data, out, resume: bool = False, overwrite: bool = False, progres
     world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     if rank == 0:
         precheck(out, resume, overwrite, world_size)
-    cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    from ..models import resolve_device
+
+    cuda = resolve_device(cfg.device).type == "cuda"  # device=cuda without CUDA: refused, not ignored
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     owned = not dist.is_initialized()

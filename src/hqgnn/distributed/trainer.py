@@ -67,6 +67,13 @@ def check_supported(cfg: Config) -> None:
                           "from the global batch (use scale_mode calibrated)")
     if getattr(cfg, "distill_from", None):
         raise ConfigError("setting distill_from: ranking distillation is single-process only")
+    from ..models import resolve_device
+
+    device = resolve_device(cfg.device)  # device=cuda without CUDA: the single-process trainer's one line
+    _, cpu_ok, _ = planmod.OPTIMIZERS[cfg.sparse_optimizer]
+    if device.type == "cpu" and not cpu_ok:
+        raise ConfigError(f"setting sparse_optimizer={cfg.sparse_optimizer!r}: FBGEMM has no fused "
+                          f"{cfg.sparse_optimizer} on CPU (use rowwise_adagrad, adagrad or sgd, or train on CUDA)")
 
 
 def _batch_stats(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
