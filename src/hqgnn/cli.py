@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -44,7 +45,8 @@ def cmd_train(args) -> int:
         from .frontier import apply_budget
 
         cfg, pick = apply_budget(cfg, args.budget_bytes, bits=args.bits, overrides=args.set, model=args.model)
-        print(f"hqgnn: {pick.line()}", file=sys.stderr)
+        if not os.environ.get("HQGNN_LAUNCHED"):  # the ranks that --nproc-per-node starts: the launcher said it
+            print(f"hqgnn: {pick.line()}", file=sys.stderr)
     out = Path(args.out)
     from .distributed.launch import under_torchrun  # TorchRec itself is imported only when asked for
 

@@ -144,6 +144,7 @@ def launch(args, nproc: int, cfg=None) -> int:
     cmd += [f for f, on in (("--resume", args.resume), ("--overwrite", args.overwrite), ("--quiet", args.quiet)) if on]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["HQGNN_LAUNCHED"] = "1"  # the ranks leave what this process already said (the budget's pick) unsaid
     env["PYTHONUNBUFFERED"] = "1"  # progress and errors arrive as they happen through the relay
     with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
                           bufsize=1) as proc:
