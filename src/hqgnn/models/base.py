@@ -38,28 +38,33 @@ class _GatheredBPR(torch.autograd.Function):
     :func:`bpr_loss`."""
 
     @staticmethod
-    def forward(ctx, user_table, item_table, users, pos, neg):
+    def forward(ctx, user_table, item_table, users, pos, neg, weight=None):
         u = user_table.index_select(0, users)
         d = item_table.index_select(0, pos).sub_(item_table.index_select(0, neg))
         x = torch.linalg.vecdot(u, d)
-        ctx.save_for_backward(u, d, x, users, pos, neg)
+        ctx.save_for_backward(u, d, x, users, pos, neg, weight)
         ctx.table_shapes = (user_table.shape, item_table.shape)
-        return F.softplus(-x).mean()
+        if weight is None:
+            return F.softplus(-x).mean()
+        return (F.softplus(-x) * weight).sum() / max(len(x), 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        u, d, x, users, pos, neg = ctx.saved_tensors
+        u, d, x, users, pos, neg, weight = ctx.saved_tensors
         user_shape, item_shape = ctx.table_shapes
-        # d loss / d x = -sigmoid(-x) / B
-        g = torch.sigmoid(-x).mul_(grad_out * (-1.0 / len(x))).unsqueeze(1)
+        # d loss / d x = -w sigmoid(-x) / B
+        g = torch.sigmoid(-x)
+        if weight is not None:
+            g.mul_(weight)
+        g = g.mul_(grad_out * (-1.0 / max(len(x), 1))).unsqueeze(1)
         grad_users = grad_items = None
         if ctx.needs_input_grad[0]:
             grad_users = u.new_zeros(user_shape).index_add_(0, users, d.mul(g))
         if ctx.needs_input_grad[1]:
             gi = u.mul_(g)
             grad_items = u.new_zeros(item_shape).index_add_(0, pos, gi).index_add_(0, neg, gi, alpha=-1)
-        return grad_users, grad_items, None, None, None
+        return grad_users, grad_items, None, None, None, None
 
 
 class _GatheredBPRCandidates(torch.autograd.Function):
@@ -101,14 +106,17 @@ class _GatheredBPRCandidates(torch.autograd.Function):
         return grad_users, grad_items, None, None, None
 
 
-def gathered_bpr_loss(user_table, item_table, users, pos, neg) -> torch.Tensor:
+def gathered_bpr_loss(user_table, item_table, users, pos, neg, weight=None) -> torch.Tensor:
     """``bpr_loss(user_table[users], item_table[pos], item_table[neg])``, computed faster.
 
     ``neg`` of shape (B, n) holds n negatives per positive: the loss is then the mean
-    over the B n pairs, as if users and positives were repeated n times."""
+    over the B n pairs, as if users and positives were repeated n times. ``weight`` ``(B,)``
+    (one negative per positive only) weighs each pair: ``sum(w softplus(-x)) / B``."""
     if neg.dim() == 2:
+        if weight is not None:
+            raise ValueError("weight applies to one negative per positive (neg of shape (B,))")
         return _GatheredBPRCandidates.apply(user_table, item_table, users, pos, neg)
-    return _GatheredBPR.apply(user_table, item_table, users, pos, neg)
+    return _GatheredBPR.apply(user_table, item_table, users, pos, neg, weight)
 
 
 def choose_negatives(user_table, item_table, users, pos, neg, mode: str = "uniform"):

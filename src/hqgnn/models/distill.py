@@ -51,11 +51,11 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..graph import normalized_adjacency_scipy, propagate
+from .base import gathered_bpr_loss
 from .encoder import propagation_layers, propagation_weights
 
 #: the methods of a float teacher run (``config.FULL_PRECISION_MODELS``; a test keeps them equal:
@@ -218,41 +218,13 @@ def draw_teacher_pairs(lists: torch.Tensor, users: torch.Tensor, neg: torch.Tens
     return items.clamp_min(0), valid.to(torch.float32)
 
 
-class _MaskedGatheredBPR(torch.autograd.Function):
-    """:func:`distillation_loss` with a hand-written backward: rows gathered once, gradients
-    scattered with ``index_add_`` (as :func:`hqgnn.models.base.gathered_bpr_loss`, which is
-    about twice as fast as autograd's composition at large batches on a CPU)."""
-
-    @staticmethod
-    def forward(ctx, user_table, item_table, users, pos, neg, mask):
-        u = user_table.index_select(0, users)
-        d = item_table.index_select(0, pos).sub_(item_table.index_select(0, neg))
-        x = torch.linalg.vecdot(u, d)
-        ctx.save_for_backward(u, d, x, users, pos, neg, mask)
-        ctx.table_shapes = (user_table.shape, item_table.shape)
-        return (F.softplus(-x) * mask).sum() / max(len(x), 1)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        u, d, x, users, pos, neg, mask = ctx.saved_tensors
-        user_shape, item_shape = ctx.table_shapes
-        g = torch.sigmoid(-x).mul_(mask).mul_(grad_out * (-1.0 / max(len(x), 1))).unsqueeze(1)
-        grad_users = grad_items = None
-        if ctx.needs_input_grad[0]:
-            grad_users = u.new_zeros(user_shape).index_add_(0, users, d.mul(g))
-        if ctx.needs_input_grad[1]:
-            gi = u.mul_(g)
-            grad_items = u.new_zeros(item_shape).index_add_(0, pos, gi).index_add_(0, neg, gi, alpha=-1)
-        return grad_users, grad_items, None, None, None, None
-
-
 def distillation_loss(user_table: torch.Tensor, item_table: torch.Tensor, users: torch.Tensor,
                       teacher_items: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(1 / B) sum_b mask_b softplus(-(<u_b, t_b> - <u_b, j_b>)): BPR of the teacher's items over the
     negatives on the student's scoring tables ``(n_users, d)`` / ``(n_items, d)``; indices and
     ``mask`` ``(B,)``. Differentiable (once) in both tables; a scalar."""
-    return _MaskedGatheredBPR.apply(user_table, item_table, users, teacher_items, neg, mask.to(user_table.dtype))
+    # the hand-written backward of hqgnn.models.base (rows gathered once, index_add_ scatters)
+    return gathered_bpr_loss(user_table, item_table, users, teacher_items, neg, mask.to(user_table.dtype))
 
 
 class RankingDistillation(nn.Module):
