@@ -42,7 +42,7 @@ from .sampling import TripleSampler
 
 # names that lived here before the run folder, the evaluation protocol and the builder had
 # their own modules; still importable from hqgnn.training
-__all__ = ["Trainer", "TrainContext", "peak_rss_mb", "CHECKPOINT_VERSION", "load_checkpoint", "check_finite_state",
+__all__ = ["Trainer", "TrainContext", "learning_rate", "peak_rss_mb", "CHECKPOINT_VERSION", "load_checkpoint", "check_finite_state",
            "data_summary", "excluded_for", "split_for_monitoring", "named_tensors", "first_nonfinite",
            "ranking_problem", "resolve_device", "load_full_precision_run"]
 
@@ -50,6 +50,17 @@ __all__ = ["Trainer", "TrainContext", "peak_rss_mb", "CHECKPOINT_VERSION", "load
 def split_for_monitoring(cfg: Config, data: InteractionData) -> str:
     """The split a run of ``cfg`` monitors (:func:`hqgnn.evaluation.monitor_split`)."""
     return monitor_split(cfg.eval_split, data)
+
+
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): ``cfg.lr``, or with ``lr_schedule: cosine`` the
+    cosine from ``lr`` at epoch 0 down to ``lr * lr_min_ratio`` at the last epoch. Every trainer
+    (single-process and :mod:`hqgnn.distributed`) follows it."""
+    lr = cfg.lr
+    if cfg.lr_schedule == "cosine" and cfg.epochs > 1:
+        lo = cfg.lr * cfg.lr_min_ratio
+        lr = lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * epoch / (cfg.epochs - 1)))
+    return lr
 
 
 @dataclass
@@ -261,11 +272,7 @@ class Trainer:
         return evaluate_model(self.model, self.adj, self.data, split, ks=self.cfg.ks, batch_size=self.cfg.eval_batch_size)
 
     def _set_learning_rate(self, epoch: int) -> None:
-        cfg = self.cfg
-        lr = cfg.lr
-        if cfg.lr_schedule == "cosine" and cfg.epochs > 1:
-            lo = cfg.lr * cfg.lr_min_ratio
-            lr = lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * epoch / (cfg.epochs - 1)))
+        lr = learning_rate(self.cfg, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 

@@ -47,7 +47,7 @@ from ..models.base import choose_negatives, gathered_bpr_loss
 from ..models.quantizer import GSTEQuantize
 from ..runs import RunFolder
 from ..sampling import TripleSampler
-from ..training import peak_rss_mb
+from ..training import learning_rate, peak_rss_mb
 from . import plan as planmod
 from .subgraph import propagate_blocks, sample_blocks, shared_graph
 
@@ -250,11 +250,7 @@ class DistributedTrainer:
 
     # ------------------------------------------------------------ schedules
     def _set_learning_rate(self, epoch: int) -> float:
-        cfg = self.cfg
-        lr = cfg.lr
-        if cfg.lr_schedule == "cosine" and cfg.epochs > 1:
-            lo = cfg.lr * cfg.lr_min_ratio
-            lr = lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * epoch / (cfg.epochs - 1)))
+        lr = learning_rate(self.cfg, epoch)  # the single-process trainer's schedule
         for group in self.dmp.fused_optimizer.param_groups:
             group["lr"] = lr
         self.dmp.fused_optimizer.step()  # a fused optimizer's step only passes the lr on to the kernels

@@ -137,8 +137,7 @@ class IdMap:
             return arr.astype(np.int64)
         q = arr
         if self.numeric and arr.dtype.kind in "bf":  # True or 1.5 is no user 1 (3.0 from a float column is)
-            bad = (arr.dtype.kind == "b") | ~np.isfinite(arr) | (arr != np.floor(arr)) if arr.dtype.kind == "f" \
-                else np.ones(arr.shape, bool)
+            bad = ~np.isfinite(arr) | (arr != np.floor(arr)) if arr.dtype.kind == "f" else np.ones(arr.shape, bool)
             if bad.any():
                 raise RetrievalError(f"{self.what} id {py_value(arr[bad][0])!r} is not an integer: "
                                      f"this model's {self.what} ids are integers")
