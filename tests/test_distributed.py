@@ -311,6 +311,11 @@ def test_relay_keeps_rank_errors_one_line_and_rank_tracebacks_whole():
     assert sink.getvalue() == "train hqgnn: 50%\nhqgnn: error: setting fanout=[3, -1]: differs\n" + "".join(crash)
     sink = io.StringIO()
     assert relay(iter(["all well\n"]), sink) is None and sink.getvalue() == "all well\n"
+    # torchrun lists a rank it stopped itself (SIGTERM) under "Failures:" before the root cause
+    stopped = torchrun_block[:6] + ["Failures:\n", "[1]:\n", "  exitcode  : -15 (pid: 124)\n"] + torchrun_block[6:]
+    assert relay(iter(stopped), io.StringIO()) == 2
+    killed = [line.replace("exitcode  : 2", "exitcode  : -9") for line in torchrun_block]
+    assert relay(iter(killed), io.StringIO()) == 1  # a rank killed by a signal: a plain failure
 
 
 def test_overwrite_removes_a_distributed_runs_files(tmp_path):

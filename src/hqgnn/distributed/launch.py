@@ -79,13 +79,15 @@ def relay(stream, sink) -> Optional[int]:
 
     seen: set = set()
     block: list = []
-    code = None
-    swallowing = False
+    codes: dict = {}  # exit codes of torchrun's summary: the first listed, and the root cause's
+    swallowing = root_cause = False
     for line in stream:
-        if swallowing:  # torchrun's failure summary: only its exit code matters
+        if swallowing:  # torchrun's failure summary: "Failures:" may list ranks torchrun itself
+            # stopped (SIGTERM: -15) before the "Root Cause" rank, whose exit code is the one to report
+            root_cause = root_cause or line.startswith("Root Cause")
             found = re.match(r"\s*exitcode\s*:\s*(-?\d+)", line)
-            if found and code is None:
-                code = int(found.group(1))
+            if found:
+                codes.setdefault("root" if root_cause else "first", int(found.group(1)))
             continue
         if block:
             block.append(line)
@@ -108,7 +110,8 @@ def relay(stream, sink) -> Optional[int]:
         sink.flush()
     if block:
         sink.write("".join(block))
-    return code
+    code = codes.get("root", codes.get("first"))
+    return None if code is None else (code if code > 0 else 1)  # a rank killed by a signal: 1
 
 
 def launch(args, nproc: int, cfg=None) -> int:
@@ -179,10 +182,7 @@ def train(cfg, data, out, resume: bool = False, overwrite: bool = False, progres
         dist.init_process_group("nccl" if cuda else "gloo")
     try:
         if rank == 0 and overwrite and not resume:
-            import shutil
-
-            clear_run(out)
-            shutil.rmtree(out / "dist_checkpoint", ignore_errors=True)
+            clear_run(out)  # the run files and the distributed ones (plan, sharded checkpoint, graph)
         dist.barrier()
         trainer = DistributedTrainer(cfg, initial_model(cfg, data), data, out, progress=progress)
         checkpoint = Checkpointer(out)
