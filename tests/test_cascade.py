@@ -132,9 +132,12 @@ def test_bad_settings_are_refused_in_one_line():
         floats.with_backend("cascade", candidates=3)
     with pytest.raises(ConfigError, match="'cascade' is not available"):
         FloatIndex.from_embeddings(np.ones((5, 4), np.float32), backend="cascade")
-    unchecked = QuantizedIndex.from_codes(np.zeros((3, 4), np.uint8), 2, backend="cascade",
-                                          backend_params={"candidates": 0})
-    with pytest.raises(ConfigError, match="candidates=0"):  # set past with_backend: refused at the search
+    with pytest.raises(ConfigError, match="candidates=0"):  # refused when the index is built (the
+        QuantizedIndex.from_codes(np.zeros((3, 4), np.uint8), 2, backend="cascade",  # all-users job: before
+                                  backend_params={"candidates": 0})                  # its first batch)
+    unchecked = QuantizedIndex.from_codes(np.zeros((3, 4), np.uint8), 2, backend="cascade")
+    unchecked.backend_params = {"candidates": 0}
+    with pytest.raises(ConfigError, match="candidates=0"):  # changed after the index was built: refused at the search
         unchecked.search(queries=np.zeros((1, 4), np.uint8), k=2)
     assert with_backend(index, "cascade", candidates=10**9).search([0], 5).items.shape == (1, 5)  # C > n_items: all
     assert index.backend == "exact"  # a view leaves the index as it was

@@ -70,6 +70,8 @@ class _Index:
             raise ConfigError(f"backend={value!r} is not available for this index (choose from {', '.join(allowed)})")
         if value in FAISS_BACKENDS:
             _faiss_backend()  # faiss is optional: refuse the setting now, not at the first search
+        if value == CASCADE:
+            cascade.candidates(self.backend_params)  # bad candidates: refused now (an all-users job: before its first batch)
         self._backend = value
         self._backend_state = {}
 
