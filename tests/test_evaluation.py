@@ -255,3 +255,23 @@ def test_the_monitored_split_is_validation_when_there_is_one(tiny_data):
     assert monitor_split("valid", with_valid) == "valid"
     assert monitor_split("test", with_valid) == "test"
     assert monitor_split("valid", tiny_data) == "test"  # no validation split: test is only monitored
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_integer_top_k_equals_the_full_key_order(seed):
+    """Integer scores rank by (score desc, column asc): against a numpy lexsort of every column,
+    with many ties at the k-th score, excluded columns, and rows with fewer allowed columns than k."""
+    rng = np.random.default_rng(seed)
+    n_rows, n_cols, k = 40, 300, 25
+    scores = rng.integers(-6, 7, size=(n_rows, n_cols)).astype(np.float32) * (10 ** seed)
+    exclude = rng.random((n_rows, n_cols)) < 0.3
+    exclude[0, 10:] = True  # 10 allowed columns for k = 25
+    exclude[1, :] = True  # none allowed
+    top = rank_top_k(torch.from_numpy(scores), torch.from_numpy(exclude), k, integer_scores=True).numpy()
+    assert top.shape == (n_rows, k)
+    for row in range(n_rows):
+        allowed = np.flatnonzero(~exclude[row])
+        order = allowed[np.lexsort((allowed, -scores[row, allowed]))]
+        m = min(k, len(order))
+        assert top[row, :m].tolist() == order[:m].tolist()
+        assert len(set(top[row].tolist())) == k  # excluded columns only fill the rest, never twice

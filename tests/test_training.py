@@ -559,3 +559,23 @@ def test_overwrite_removes_the_old_results_before_training(tmp_path, capsys):
     assert main(ok + ["train_test_overlap=sometimes", "--overwrite"]) == 2
     assert (run / "metrics.json").exists()
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("eval_split, calls", [("test", ["test", "test"]), ("valid", ["valid", "valid", "test"])])
+def test_finish_ranks_test_once(tmp_path, data, small_settings, monkeypatch, eval_split, calls):
+    """Without a validation split the last epoch's test evaluation is the reported one (not
+    ranked again); with one, the selected weights are ranked on test at the end."""
+    seen = []
+    original = Trainer.evaluate
+
+    def evaluate(self, split):
+        seen.append(split)
+        return original(self, split)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    cfg = make_cfg(small_settings, epochs=4, eval_every=2, eval_split=eval_split)
+    trainer = trainer_for(cfg, data, tmp_path / "run")
+    metrics = trainer.fit()
+    assert seen == calls
+    fresh = original(trainer, "test")
+    assert {k: metrics[k] for k in fresh if k != "users"} == {k: v for k, v in fresh.items() if k != "users"}

