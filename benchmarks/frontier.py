@@ -5,12 +5,27 @@
     python benchmarks/frontier.py [--experiment experiments/frontier-ml-1m.yaml]
                                   [--out benchmarks/results/frontier] [--threads 1] [--repeat 10]
                                   [--no-timing] [--no-package]
+                                  [--import CSV:LABEL[,LABEL...]] [--time-with LABEL=RUN]
+    python benchmarks/frontier.py --experiment experiments/frontier-gowalla.yaml \
+        --out benchmarks/results/frontier-gowalla \
+        --import benchmarks/results/gowalla-seeds/results.csv:hqgnn-L2,lightgcn-L2 \
+        --time-with hqgnn-L2=runs/gowalla-hq1
 
 Every point of the grid (model x bits x dim) was screened at seed 1 over a few learning rate x
 weight decay settings (the experiment's cells ``NAME``, ``NAME-lr.1``, ``NAME-wd1e-4``): the
 pick is the setting with the best **validation** Recall@50 (the best validation epoch's, as the
 trainer selects it), and the point's row is the mean test metrics of the pick's seeds.
 ``ratio_to_float`` is its Recall@50 over float LightGCN's at 64 dims (the reference).
+A data set without a validation split (Gowalla's protocol: test only monitored, the last epoch
+reported) has no screen: one setting per point (a second one is refused), untuned, and the
+summary says so.
+
+``--import CSV:LABEL[,LABEL...]`` adds the rows of models of another experiment's
+``results.csv`` trained with the same config and seed numbers (Gowalla's 1 bit x 64 and float
+LightGCN x 64 of experiments/gowalla-seeds.yaml), paired by seed like the others; see
+``benchmarks/frontier_rows.py``. Such a row has no run folder to time: ``--time-with LABEL=RUN``
+times the index of RUN instead, a run of the same code on the same data (checked), and the
+table marks it; without one its queries/s is left empty.
 
 queries/s: the seed-1 run of each pick, exported (``hqgnn export``), timed in this one process
 side by side: exact top-50 of every user, seen items (training + validation) excluded, through
@@ -23,8 +38,9 @@ Writes ``OUT/frontier.json`` (one row per point: dataset, model, bits, dim, byte
 recall@50, ndcg@50, ratio_to_float, queries_per_s, seeds, lr, weight_decay, layers, and the
 screen), ``OUT/summary.md`` (the table, the screen and paired tests) and ``OUT/frontier.png``
 (Recall@50 against bytes per item, one line per bit width and float), and copies
-``frontier.json`` to ``src/hqgnn/default_configs/frontier.json``, the table that
-``hqgnn train --budget-bytes N`` reads (``--no-package``: not).
+``frontier.json``'s rows into ``src/hqgnn/default_configs/frontier.json``, the table that
+``hqgnn train --budget-bytes N`` reads, in place of this data set's rows there, the other data
+sets' kept (``--no-package``: not).
 """
 
 from __future__ import annotations
@@ -46,13 +62,14 @@ import numpy as np  # noqa: E402
 from hqgnn.config import FULL_PRECISION_MODELS  # noqa: E402
 from hqgnn.experiment import cell_config, expand_cells, load_experiment, paired_test, seed_std  # noqa: E402
 from hqgnn.frontier import DATASET_NAMES  # noqa: E402
+from frontier_rows import import_rows, n_users_of, package_doc, spec_config, time_with  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC = "recall@50"
 K = 50
 #: float LightGCN x 64 at 3 layers (mean of 3 seeds, Recall@50) and where it was measured: a second,
 #: stricter reference than the grid's own 2-layer float
-FLOAT_3_LAYERS = {"ml-1m": (0.3899, "experiments/ml-1m-bits.yaml")}
+FLOAT_3_LAYERS = {"ml-1m": (0.3899, "experiments/ml-1m-bits.yaml"), "gowalla": (0.2778, "experiments/gowalla.yaml")}
 
 
 # ---------------------------------------------------------------- the runs
@@ -75,15 +92,19 @@ def gather(spec: dict, out: Path) -> list[dict]:
         full = cell.model in FULL_PRECISION_MODELS
         key = (cell.dataset, cell.model, 32 if full else int(cfg.bits), int(cfg.dim))
         p = points.setdefault(key, {"dataset": key[0], "model": key[1], "bits": key[2], "dim": key[3],
-                                    "layers": int(cfg.layers), "combos": {}})
+                                    "layers": int(cfg.layers), "combos": {}, "valid": cfg.val_fraction > 0})
         combo = p["combos"].setdefault((float(cfg.lr), float(cfg.weight_decay)), {"label": cell.label, "runs": {}})
         for f in sorted(run.parent.glob("seed*/metrics.json")):  # every finished seed of the cell's settings
             combo["runs"][int(f.parent.name[4:])] = {"dir": f.parent, "metrics": json.loads(f.read_text())}
     rows = []
     for p in points.values():
+        if not p["valid"] and len(p["combos"]) > 1:
+            raise SystemExit(f"{code_name(p)} of {p['dataset']}: {len(p['combos'])} settings but no validation split to pick one by")
         screen = []
         for (lr, wd), combo in p["combos"].items():
-            if 1 in combo["runs"]:
+            if 1 in combo["runs"] and not p["valid"]:  # no validation split: no screen, the one setting
+                screen.append({"label": combo["label"], "lr": lr, "weight_decay": wd, "valid_recall@50": 0.0})
+            elif 1 in combo["runs"]:
                 screen.append({"label": combo["label"], "lr": lr, "weight_decay": wd,
                                "valid_recall@50": validation_best(combo["runs"][1]["dir"]),
                                "test_recall@50": combo["runs"][1]["metrics"][METRIC]})
@@ -101,15 +122,19 @@ def gather(spec: dict, out: Path) -> list[dict]:
                      "ratio_to_float": None, "queries_per_s": None, "seeds": seeds,
                      "per_seed": {"recall@50": m[METRIC], "ndcg@50": m["ndcg@50"]},
                      "lr": best["lr"], "weight_decay": best["weight_decay"], "layers": p["layers"],
-                     "screen": sorted(screen, key=lambda s: (s["lr"], s["weight_decay"])),
+                     "screen": sorted(screen, key=lambda s: (s["lr"], s["weight_decay"])) if p["valid"] else [],
                      "_run": runs[seeds[0]]["dir"]})
+    return rows
+
+
+def set_ratios(rows: list[dict]) -> None:
+    """Sorts the rows and sets each one's ratios to its data set's float reference."""
     rows.sort(key=lambda r: (r["dataset"], r["model"] in FULL_PRECISION_MODELS, r["bits"], r["bytes_per_item"]))
     for r in rows:
         ref = reference(rows, r["dataset"])
         if ref is not None:
             r["ratio_to_float"] = r["recall@50"] / ref["recall@50"]
             r["ndcg_ratio_to_float"] = r["ndcg@50"] / ref["ndcg@50"]
-    return rows
 
 
 def reference(rows: list[dict], dataset: str):
@@ -126,14 +151,14 @@ def time_points(rows: list[dict], threads: int, repeat: int, batch: int = 2048) 
 
     with tempfile.TemporaryDirectory(prefix="frontier-") as tmp:
         indexes = []
-        for i, r in enumerate(rows):
+        for i, r in enumerate(r for r in rows if r["_run"] is not None):
             path = Path(tmp) / f"point{i}.hqgnn"
             export_run(r["_run"], path)
             ix = open_index(path)
             users = np.arange(ix.n_users)
             ix.search(users[:256], K, exclude="train", threads=threads)  # warm-up: kernels, caches
             indexes.append((r, ix, users))
-        best = {id(r): float("inf") for r in rows}
+        best = {id(r): float("inf") for r, _, _ in indexes}
         for _ in range(repeat):
             for r, ix, users in indexes:
                 start = time.perf_counter()
@@ -168,17 +193,24 @@ def paired(a: dict, b: dict) -> dict:
     return out
 
 
-def tests(rows: list[dict]) -> list[dict]:
-    """The best code of each budget against the 1-bit code of as many bytes, and each code
-    against float LightGCN of its own dims (quantization's cost apart from fewer dims)."""
+def tests(rows: list[dict], planned: set = frozenset()) -> list[dict]:
+    """The best code of each budget against the 1-bit code of as many bytes (where the grid
+    ``planned``, its (bits, dim), has none: against the largest measured 1-bit code below, and
+    the test says so), and each code against float LightGCN of its own dims (quantization's cost
+    apart from fewer dims)."""
     out = []
     codes = [r for r in rows if r["model"] not in FULL_PRECISION_MODELS]
     for b in sorted({r["bytes_per_item"] for r in codes}):
         at = [r for r in codes if r["bytes_per_item"] == b]
         best = max(at, key=lambda r: r["recall@50"])
         one = next((r for r in at if r["bits"] == 1), None)
+        kind = f"best {b}-byte code vs 1 bit"
+        lower = [r for r in codes if r["bits"] == 1 and r["bytes_per_item"] < b]
+        if one is None and (1, int(b * 8)) not in planned and lower:
+            one = max(lower, key=lambda r: r["bytes_per_item"])
+            kind += f" (no 1 bit x {int(b * 8)} in the grid: the largest 1-bit code measured)"
         if one is not None and best is not one:
-            out.append({"kind": f"best {b}-byte code vs 1 bit", **paired(best, one)})
+            out.append({"kind": kind, **paired(best, one)})
     for r in codes:
         fl = next((f for f in rows if f["model"] in FULL_PRECISION_MODELS and f["dim"] == r["dim"]), None)
         if fl is not None:
@@ -197,18 +229,27 @@ def pct(x) -> str:
 def summary(rows: list[dict], pairs: list[dict], args, meta: dict) -> str:
     ds = rows[0]["dataset"]
     ref = reference(rows, ds)
+    cfg, valid = meta["config"], meta["valid"]
+    layers = " or ".join(str(n) for n in sorted({r["layers"] for r in rows}))
+    imported = [r for r in rows if r.get("imported")]
+    n_users = next((r["n_users"] for r in rows if r.get("n_users")), None)
+    protocol = (f"the test metrics of the best validation epoch ({cfg[1].val_fraction:.0%} of each user's training "
+                "items held out)" if valid else "no validation split; last epoch; untuned, one setting for every "
+                f"point (the config's lr {cfg[1].lr:g}, weight decay {cfg[1].weight_decay:g}; test is only monitored)")
     lines = [f"# The bits x dimensions frontier: {DATASET_NAMES.get(ds, ds)}", "",
              f"Runs: `hqgnn experiment {meta['experiment']} --jobs 2`; this report: `{meta['command']}`.  ",
-             "HQ-GNN (GSTE), 40 epochs, the test metrics of the best validation epoch (10% of each user's training "
-             "items held out); 2 layers for every point, codes and float (`configs/ml-1m-hqgnn-1bit.yaml`). Each "
-             "point's lr and weight decay: the best validation Recall@50 at seed 1 of the screen below, then the "
-             "seeds listed.  ",
-             f"queries/s: exact top-{K} of all {rows[0].get('n_users', 6040):,} users, seen items excluded, through the "
+             f"HQ-GNN (GSTE), {cfg[1].epochs} epochs, {protocol}; {layers} layers for every point, codes and float "
+             f"(`{cfg[0]}`)." + (" Each point's lr and weight decay: the best validation Recall@50 at seed 1 of the "
+                                 "screen below, then the seeds listed.  " if valid else "  "),
+             *([f"Imported (the same config and seed numbers, another experiment): "
+                + "; ".join(f"{code_name(r)} from `{r['imported']}`" for r in imported) + ".  "] if imported else []),
+             f"queries/s: exact top-{K} of all {n_users or 0:,} users, seen items excluded, through the "
              f"index of the exported seed-1 run, {meta['threads']} thread, blocks of 2,048 users, best of "
              f"{meta['repeat']} interleaved rounds, every point in one process ({meta['machine']}; kernels "
-             f"{meta['kernels']}).  ",
-             (f"Float reference: LightGCN x 64 (2 layers, tuned as every point), Recall@50 {ref['recall@50']:.4f} / "
-              f"NDCG@50 {ref['ndcg@50']:.4f}." if ref else "Float reference: not run yet.") +
+             f"{meta['kernels']})." + (" An imported row: the index of the run the note names, of the same code and "
+                                       "data (—: no run folder, not timed)." if imported else "") + "  ",
+             (f"Float reference: LightGCN x 64 ({layers} layers, {'tuned as' if valid else 'the settings of'} every point), "
+              f"Recall@50 {ref['recall@50']:.4f} / NDCG@50 {ref['ndcg@50']:.4f}." if ref else "Float reference: not run yet.") +
              (f" At 3 layers (its best depth, `{FLOAT_3_LAYERS[ds][1]}`) float LightGCN x 64 reaches "
               f"{FLOAT_3_LAYERS[ds][0]:.4f}: the column 'of 3-layer float' divides by that." if ds in FLOAT_3_LAYERS else ""),
              "",
@@ -228,11 +269,12 @@ def summary(rows: list[dict], pairs: list[dict], args, meta: dict) -> str:
                      f"{pct(r['ratio_to_float'])} / {pct(r.get('ndcg_ratio_to_float'))} | "
                      f"{pct(r['recall@50'] / FLOAT_3_LAYERS[ds][0]) if ds in FLOAT_3_LAYERS else '—'} | "
                      f"{pct(fl['ratio_to_float']) if fl else '—'} | "
-                     f"{format(r['queries_per_s'], ',') if r['queries_per_s'] else '—'} |")
+                     f"{format(r['queries_per_s'], ',') if r['queries_per_s'] else '—'}"
+                     f"{' (timed on `' + r['timed_on'] + '`)' if r.get('timed_on') and r['queries_per_s'] else ''} |")
     few = [code_name(r) for r in codes + list(floats.values()) if len(r["seeds"]) < 3]
     lines += ["", "Bold: the best code of its budget (what `hqgnn train --budget-bytes N` picks). ± is the standard "
-              "deviation over seeds (0 for one seed)." + (f" One seed only (the screen's pick; the CPU time went to "
-              f"the seeds of the budgets' best codes first): {', '.join(few)}." if few else "") +
+              "deviation over seeds (0 for one seed)." + (f" One seed only ({'the screen' + chr(39) + 's pick; ' if valid else ''}the "
+              f"CPU time went to the seeds of the budgets' best codes first): {', '.join(few)}." if few else "") +
               (f" In the grid but not run (out of CPU time): {', '.join(meta['missing'])}." if meta.get("missing") else ""),
               "", "## Paired tests (by seed)", "",
               "| test | a | b | seeds | Recall@50 a / b | gain (p) | NDCG@50 a / b | gain (p) |",
@@ -242,6 +284,8 @@ def summary(rows: list[dict], pairs: list[dict], args, meta: dict) -> str:
         lines.append(f"| {t['kind']} | {t['a']} | {t['b']} | {', '.join(map(str, t['seeds']))} | "
                      f"{rr['a']:.4f} / {rr['b']:.4f} | {rr['gain']:+.1%} ({pval(rr['p'])}) | "
                      f"{nn['a']:.4f} / {nn['b']:.4f} | {nn['gain']:+.1%} ({pval(nn['p'])}) |")
+    if not valid:
+        return "\n".join(lines + ["", "No screen: no validation split; last epoch; untuned, one setting for every point."]) + "\n"
     lines += ["", "## The screen (seed 1): validation Recall@50 of each lr / weight decay", "",
               "| code | " + " | ".join(f"lr {lr:g}, wd {wd:g}" for lr, wd in screen_combos(rows)) + " | pick |",
               "|---|" + "---|" * (len(screen_combos(rows)) + 1)]
@@ -301,16 +345,27 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--no-timing", action="store_true", help="keep the queries/s of the existing frontier.json")
     p.add_argument("--no-package", action="store_true", help="do not copy frontier.json into the package")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="CSV:LABEL[,LABEL...]",
+                   help="add these models' rows of a results.csv (same config and seeds; benchmarks/frontier_rows.py)")
+    p.add_argument("--time-with", action="append", default=[], metavar="LABEL=RUN",
+                   help="time the imported row LABEL through the index of RUN (same code and data)")
     args = p.parse_args(argv)
     spec = load_experiment(args.experiment)
     runs = args.runs or Path(spec["out"])
     rows = gather(spec, runs)
+    for arg in args.imports:
+        rows += import_rows(arg, spec)
+    for arg in args.time_with:
+        time_with(rows, arg)
     if not rows:
         print(f"no finished runs under {runs}", file=sys.stderr)
         return 1
+    set_ratios(rows)
+    n_users_of(rows)
     kernels = "as measured before"
     if args.no_timing:
-        old = {(r["dataset"], r["bits"], r["dim"]): r for r in json.loads((args.out / "frontier.json").read_text())["rows"]}
+        old_file = args.out / "frontier.json"
+        old = {(r["dataset"], r["bits"], r["dim"]): r for r in json.loads(old_file.read_text())["rows"]} if old_file.is_file() else {}
         for r in rows:
             r["queries_per_s"] = old.get((r["dataset"], r["bits"], r["dim"]), {}).get("queries_per_s")
     else:
@@ -319,11 +374,13 @@ def main(argv=None) -> int:
 
     rel = os.path.relpath(args.experiment.resolve(), ROOT)
     meta = {"experiment": rel, "threads": args.threads, "repeat": args.repeat, "kernels": kernels,
-            "command": "python benchmarks/frontier.py" + (" --no-timing" if args.no_timing else ""),
+            "config": spec_config(spec), "valid": spec_config(spec)[1].val_fraction > 0,
+            "command": "python benchmarks/frontier.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
             "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} shared cores, load "
                        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}, numpy {np.__version__}, "
                        f"Python {platform.python_version()}"}
-    pairs = tests(rows)
+    planned = {(32 if c.model in FULL_PRECISION_MODELS else c.bits, dict(c.settings).get("dim", 64)) for c in expand_cells(spec)}
+    pairs = tests(rows, planned | {(r["bits"], r["dim"]) for r in rows})
     measured = {(r["bits"], r["dim"]) for r in rows}
     meta["missing"] = sorted({code_name({"model": c.model, "bits": 32 if c.model in FULL_PRECISION_MODELS else c.bits,
                                          "dim": dict(c.settings).get("dim", 64)})
@@ -340,8 +397,9 @@ def main(argv=None) -> int:
     (args.out / "frontier.json").write_text(text)
     (args.out / "summary.md").write_text(summary(rows, pairs, args, meta))
     plot(rows, args.out / "frontier.png")
-    if not args.no_package:
-        (ROOT / "src" / "hqgnn" / "default_configs" / "frontier.json").write_text(text)
+    if not args.no_package:  # this data set's rows in place of its old ones; the other data sets' kept
+        shipped = ROOT / "src" / "hqgnn" / "default_configs" / "frontier.json"
+        shipped.write_text(json.dumps(package_doc(shipped.read_text() if shipped.is_file() else None, doc), indent=1) + "\n")
     print((args.out / "summary.md").read_text())
     return 0
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-TOY = ["synthetic_users=30", "synthetic_items=20", "dim=8", "layers=2", "val_fraction=0", "eval_split=test"]
+TOY = ["synthetic_users=30", "synthetic_items=20", "ks=[5,10,20]", "dim=8", "layers=2", "val_fraction=0", "eval_split=test"]
 
 
 def toy_config(*more):

@@ -86,7 +86,8 @@ def test_overlap_through_the_cli_exits_2_with_one_line(tmp_path, capsys):
     assert code == 2 and "user 0, item 0 is also in train.txt" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run" / "metrics.json").exists()
     code, _ = run_cli(["train", "--data", str(d), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet",
-                       "--set", "train_test_overlap=drop", "val_fraction=0", "eval_every=1"], capsys)
+                       "--set", "train_test_overlap=drop", "val_fraction=0", "eval_every=1", "ks=[5]",
+                       "early_stop_metric=recall@5"], capsys)
     assert code == 0
     notes = json.loads((tmp_path / "run" / "data.json").read_text())["notes"]
     assert any("dropped from test" in n for n in notes)
@@ -385,7 +386,8 @@ def test_preprocessing_is_recorded_in_data_json_and_shown_by_stats(tmp_path, cap
     assert out["preprocessing"]["min_user_interactions"] == 2 and out["preprocessing"]["k_core_dropped"] == 0
     run = tmp_path / "run"
     code = main(["train", "--data", str(path), "--out", str(run), "--epochs", "1", "--quiet", "--set",
-                 "split_method=temporal", "test_fraction=0.4", "val_fraction=0", "dim=4", "layers=1"])
+                 "split_method=temporal", "test_fraction=0.4", "val_fraction=0", "dim=4", "layers=1", "ks=[5]",
+                 "early_stop_metric=recall@5"])
     assert code == 0
     summary = json.loads((run / "data.json").read_text())
     assert summary["split_method"] == "temporal" and summary["preprocessing"]["duplicates"] == "first"

@@ -255,7 +255,7 @@ def test_cli_nproc_per_node_writes_a_run_that_evaluate_reads(tmp_path):
 
     def cmd(nproc, *more):
         return [sys.executable, "-m", "hqgnn", "train", "--nproc-per-node", str(nproc), "--data", "synthetic", "--model",
-                "hqgnn", "--bits", "2", "--out", str(out), "--quiet", "--set", "synthetic_users=40", "synthetic_items=30",
+                "hqgnn", "--bits", "2", "--out", str(out), "--quiet", "--set", "synthetic_users=40", "synthetic_items=30", "ks=[5,10,20]",
                 "dim=8", "layers=2", "lr=0.05", "eval_every=1", "fanout=[4, -1]", *more]
 
     proc = subprocess.run(cmd(2, "--epochs", "2"), capture_output=True, text=True, timeout=400, env=_env())

@@ -16,8 +16,9 @@ def _write(tmp_path, **changes):
         "name": "tiny",
         "out": str(tmp_path / "out"),
         "datasets": {"syn": "synthetic"},
-        "settings": {"synthetic_users": 120, "synthetic_items": 80, "epochs": 4, "batch_size": 256, "lr": 0.02,
-                     "dim": 8, "layers": 1, "eval_every": 2, "threads": 1, "val_fraction": 0.1, "patience": 0,
+        # ks: cut-offs of at most the 80 items (training refuses more)
+        "settings": {"synthetic_users": 120, "synthetic_items": 80, "ks": [20, 50], "epochs": 4, "batch_size": 256,
+                     "lr": 0.02, "dim": 8, "layers": 1, "eval_every": 2, "threads": 1, "val_fraction": 0.1, "patience": 0,
                      "delta_every": 2},
         "seeds": [1, 2],
         "cells": [{"model": "lightgcn"}, {"model": "hqgnn", "bits": [1, 2]}, {"model": "hashgnn"}, {"model": "lsh"}],
@@ -149,8 +150,8 @@ def test_post_hoc_cells_quantize_mf_when_the_grid_has_no_lightgcn(tmp_path):
     from hqgnn.experiment import cell_config, full_precision_model
 
     path = _write(tmp_path, cells=[{"model": "mf"}, {"model": "ptq", "bits": 4}],
-                  settings={"synthetic_users": 60, "synthetic_items": 40, "epochs": 2, "batch_size": 128, "dim": 8,
-                            "layers": 0, "threads": 1, "val_fraction": 0.0, "eval_split": "test", "patience": 0})
+                  settings={"synthetic_users": 60, "synthetic_items": 50, "ks": [20, 50], "epochs": 2, "batch_size": 128,
+                            "dim": 8, "layers": 0, "threads": 1, "val_fraction": 0.0, "eval_split": "test", "patience": 0})
     cells = expand_cells(load_experiment(path))
     assert full_precision_model(cells, "syn") == "mf"
     ptq = [c for c in cells if c.model == "ptq"][0]
@@ -188,8 +189,8 @@ def test_compare_must_name_pairs(tmp_path):
 def test_start_from_cells_start_from_the_full_precision_cell_of_their_seed(tmp_path):
     from hqgnn.experiment import cell_config
 
-    settings = {"synthetic_users": 60, "synthetic_items": 40, "epochs": 2, "batch_size": 128, "dim": 8, "threads": 1,
-                "val_fraction": 0.0, "eval_split": "test", "patience": 0}
+    settings = {"synthetic_users": 60, "synthetic_items": 50, "ks": [20, 50], "epochs": 2, "batch_size": 128, "dim": 8,
+                "threads": 1, "val_fraction": 0.0, "eval_split": "test", "patience": 0}
     cells_spec = [{"model": "hqgnn", "bits": 1, "name": "hqgnn-pre", "start_from": "lightgcn"}, {"model": "lightgcn"},
                   {"model": "lightgcn", "name": "lgn-d4", "settings": {"dim": 4}},
                   {"model": "hashgnn", "name": "hashgnn-d4-pre", "start_from": "lgn-d4", "settings": {"dim": 4}},

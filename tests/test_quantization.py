@@ -447,7 +447,7 @@ def test_bigear_is_not_exported(tmp_path, capsys):
 
     run = tmp_path / "run"
     assert main(["train", "--data", "synthetic", "--model", "bigear", "--out", str(run), "--set", "epochs=1",
-                 "synthetic_users=100", "synthetic_items=80", "dim=8", "threads=1", "eval_every=1"]) == 0
+                 "synthetic_users=100", "synthetic_items=80", "dim=8", "threads=1", "eval_every=1", "ks=[20,50]"]) == 0
     capsys.readouterr()
     assert main(["export", str(run), str(tmp_path / "out.hqgnn")]) == 2
     err = capsys.readouterr().err.strip()

@@ -374,6 +374,10 @@ def test_l2_penalty_equals_sum_over_batch_rows(batch):
 
 
 # ---------------------------------------------------------------- divergence
+#: cut-offs within the tiny folder's 5 items (training refuses more)
+TINY_KS = ["ks=[5]", "early_stop_metric=recall@5"]
+
+
 def _tiny_folder(root):
     """The four-user LightGCN folder of the divergence report."""
     root.mkdir()
@@ -397,7 +401,7 @@ def test_lr_1e30_fails_with_one_line_and_writes_no_results(tmp_path, capsys, mod
     data = _tiny_folder(tmp_path / "data")
     run = tmp_path / "run"
     args = ["train", "--data", str(data), "--model", model, "--out", str(run), "--quiet", "--set", "lr=1e30",
-            "epochs=20", f"eval_every={eval_every}", "val_fraction=0", "threads=1", "device=cpu"]
+            "epochs=20", f"eval_every={eval_every}", "val_fraction=0", "threads=1", "device=cpu", *TINY_KS]
     args += ["--bits", str(bits)] if bits else []
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -547,7 +551,7 @@ def test_overwrite_removes_the_old_results_before_training(tmp_path, capsys):
     d = _tiny_folder(tmp_path / "ds")
     run = tmp_path / "run"
     ok = ["train", "--data", str(d), "--out", str(run), "--quiet", "--set", "epochs=2", "eval_every=1", "val_fraction=0",
-          "dim=4", "layers=1"]
+          "dim=4", "layers=1", *TINY_KS]
     assert main(ok) == 0
     (run / "notes.txt").write_text("mine")
     # a diverging rerun over it: the old metrics.json / model.pt must not stay beside the new config

@@ -43,6 +43,9 @@ class Recommender:
         budget_bytes: memory per item in bytes: ``bits`` and ``dim`` become the code that the
             measured frontier ranks best within it (:func:`hqgnn.frontier.apply_budget`; not with
             ``bits`` or ``dim``); the pick is ``budget_pick`` (``budget_pick.line()`` says why).
+            The frontier is that of the ``data`` setting's data set, and :meth:`fit` picks
+            again from that of the data it trains on (else MovieLens-1M's); a run folder
+            records the pick (``budget.json``), which ``fit(..., resume=True)`` trains again.
         **settings: any other setting (``bits=4``, ``epochs=50``, ...), over the file's.
 
     Attributes (after :meth:`fit` or :meth:`load`): ``cfg``; ``data``; ``model`` (the
@@ -65,12 +68,11 @@ class Recommender:
             self.cfg = self.cfg.validate()
         #: the frontier's pick for ``budget_bytes`` (:class:`hqgnn.frontier.Pick`), else None
         self.budget_pick = None
+        self._budget = None  # what the budget's pick starts from: fit() picks again for its data's frontier
         if budget_bytes is not None:
-            from .frontier import apply_budget
-
-            self.cfg, self.budget_pick = apply_budget(
-                self.cfg, budget_bytes, bits=settings.get("bits"), model=model, flag="budget_bytes",
-                overrides=[f"{k}={v}" for k, v in settings.items() if k == "dim"])
+            self._budget = (self.cfg, budget_bytes, {"bits": settings.get("bits"), "model": model, "flag": "budget_bytes",
+                                                     "overrides": [f"{k}={v}" for k, v in settings.items() if k == "dim"]})
+            self._pick_budget(None)
         self.trainer = None
         self.data: Optional[InteractionData] = None
         self.metrics: Optional[dict] = None
@@ -108,11 +110,18 @@ class Recommender:
 
         if resume and (out_dir is None or not (Path(out_dir) / CHECKPOINT).is_file()):
             raise CheckpointError(f"{out_dir}: nothing to resume (no {CHECKPOINT})")
+        if getattr(self, "_budget", None) is not None:  # the frontier of the data trained on, and a resumed run's recorded pick
+            self._pick_budget(data.name if isinstance(data, InteractionData) else str(data),
+                              RunFolder(out_dir).read_budget() if resume else None)
         if isinstance(data, InteractionData):
             self.data = data
         else:
             self.cfg = self.cfg.updated({"data": str(data)}, "fit()")
             self.data = prepare_data(self.cfg)
+        if self.budget_pick is not None and out_dir is not None and not resume:
+            from .frontier import budget_record
+
+            RunFolder(out_dir).write_budget(budget_record(self.budget_pick, self.cfg))
         use_threads(self.cfg.threads)
         # a resumed run takes E0 from its checkpoint, not from the run it started from
         model = build_model(self.cfg, self.data.n_users, self.data.n_items) if resume else initial_model(self.cfg, self.data)
@@ -122,6 +131,16 @@ class Recommender:
             self.trainer.resume()
         self.metrics = self.trainer.fit()
         return self.metrics
+
+    def _pick_budget(self, data: Optional[str], record: Optional[dict] = None) -> None:
+        """``cfg`` and ``budget_pick`` for the budget: the frontier of ``data`` (a data set's name
+        or path; None: the settings' ``data``), or the pick a resumed run recorded."""
+        from .frontier import apply_budget, apply_recorded, dataset_of
+
+        base, budget, kw = self._budget
+        self.cfg, self.budget_pick = apply_budget(base, budget, dataset=None if data is None else dataset_of(data), **kw)
+        if record is not None:
+            self.cfg = apply_recorded(base, record, budget=budget, **kw)
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -134,6 +153,9 @@ class Recommender:
             data: the run's data: an :class:`~hqgnn.data.InteractionData`, or a path when it
                 moved; None reloads what the run's config names.
             device: where the model runs (``"cpu"``, ``"cuda"``, ``"auto"``).
+
+        An exported artifact (``*.hqgnn``) is refused with a :class:`~hqgnn.errors.CheckpointError`
+        that says so: recommend from it with :class:`hqgnn.index.recommender.ArtifactRecommender`.
 
         Raises: :class:`~hqgnn.errors.CheckpointError` when ``run_dir`` is no run folder, its
         ``model.pt`` is missing, damaged, holds NaN / inf, does not match the config, or was
@@ -175,19 +197,22 @@ class Recommender:
         protocol's masking (:func:`hqgnn.evaluation.excluded_for`: training items, and validation
         items when scoring test).
 
-        ``ks``: the cut-offs (default: the config's). Returns ``{"recall@K", "ndcg@K",
+        ``ks``: the cut-offs, 1 .. the number of items (default: the config's). Returns ``{"recall@K", "ndcg@K",
         "precision@K", "hit_rate@K" for K in ks, "users", "split"}``, averaged over the users
         with a ``split`` item. Raises :class:`~hqgnn.errors.ConfigError` (bad ``ks``, no model),
         :class:`~hqgnn.errors.DataError` (no such split, or no user in it),
         :class:`~hqgnn.errors.NonFiniteScores`."""
-        from .evaluation import evaluate_model
+        from .evaluation import check_cutoffs, evaluate_model
 
         self._need_model()
         cfg = self.cfg
         if ks is not None:
             if not ks or any(int(k) < 1 for k in ks):
                 raise ConfigError(f"ks={list(ks)!r}: expected integers >= 1")
+            check_cutoffs(ks, self.data.n_items, f"ks={list(ks)!r}")
             ks = [int(k) for k in ks]
+        else:
+            check_cutoffs(cfg.ks, self.data.n_items, hint="pass ks=")
         out = evaluate_model(self._model, self.adj, self.data, split, ks=ks or cfg.ks, batch_size=cfg.eval_batch_size)
         out["split"] = split
         return out

@@ -34,20 +34,30 @@ def _jsonable(x):
 def cmd_train(args) -> int:
     from .api import Recommender, prepare_data
     from .config import Config
-    from .runs import clear_run
+    from .runs import BUDGET, RunFolder, clear_run
 
     extra = {"model": args.model, "bits": args.bits, "seed": args.seed, "device": args.device, "from_run": args.from_run,
              "epochs": args.epochs, "data": args.data}
+    out = Path(args.out)
+    # a budget run's pick (budget.json): --resume trains the same code, with the flag or without it
+    recorded = RunFolder(out).read_budget() if args.resume else None
     # with a budget, the settings are validated once the budget has set the model, bits and dims (a
     # config's lightgcn becomes hqgnn before --from or distill_from are checked against it)
-    cfg = Config.load(args.config, args.set, extra, validate=args.budget_bytes is None)
-    if args.budget_bytes is not None:  # the measured frontier's best code of at most N bytes per item
-        from .frontier import apply_budget
+    cfg = Config.load(args.config, args.set, extra, validate=args.budget_bytes is None and recorded is None)
+    record = None
+    if recorded is not None:
+        from .frontier import apply_recorded
+
+        cfg = apply_recorded(cfg, recorded, budget=args.budget_bytes, bits=args.bits, overrides=args.set, model=args.model)
+        if not os.environ.get("HQGNN_LAUNCHED"):
+            print(f"hqgnn: resuming the budget run of {out / BUDGET}: {recorded.get('line', '')}", file=sys.stderr)
+    elif args.budget_bytes is not None:  # the measured frontier's best code of at most N bytes per item
+        from .frontier import apply_budget, budget_record
 
         cfg, pick = apply_budget(cfg, args.budget_bytes, bits=args.bits, overrides=args.set, model=args.model)
+        record = budget_record(pick, cfg)
         if not os.environ.get("HQGNN_LAUNCHED"):  # the ranks that --nproc-per-node starts: the launcher said it
             print(f"hqgnn: {pick.line()}", file=sys.stderr)
-    out = Path(args.out)
     from .distributed.launch import under_torchrun  # TorchRec itself is imported only when asked for
 
     if args.nproc_per_node is not None:  # torchrun this same command on this machine (hqgnn.distributed)
@@ -59,6 +69,10 @@ def cmd_train(args) -> int:
 
         require_torchrec()
         data = prepare_data(cfg)
+        from .evaluation import check_cutoffs
+        from .training import KS_HINT
+
+        check_cutoffs(cfg.ks, data.n_items, hint=KS_HINT)  # as the single-process trainer: before any file is written
         metrics = train_distributed(cfg, data, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
         if metrics is not None:
             print(_json(metrics))
@@ -72,8 +86,14 @@ def cmd_train(args) -> int:
                          "--nproc-per-node N or under torchrun")
     rec = Recommender(config=cfg)
     data = prepare_data(cfg)  # bad data or settings fail here, before --overwrite removes anything
+    from .evaluation import check_cutoffs
+    from .training import KS_HINT
+
+    check_cutoffs(cfg.ks, data.n_items, hint=KS_HINT)
     if args.overwrite and not args.resume:
         clear_run(out)  # a diverged or interrupted rerun must not leave the old results beside its own
+    if record is not None:
+        RunFolder(out).write_budget(record)
     metrics = rec.fit(data, out_dir=out, resume=args.resume, progress=not args.quiet)
     print(_json(metrics))
     return 0
@@ -82,7 +102,17 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .api import Recommender
 
+    from .errors import ConfigError
+    from .evaluation import check_cutoffs
+
+    flag = f"--k {' '.join(str(k) for k in args.k)}" if args.k else ""
+    if args.k and any(k < 1 for k in args.k):  # before the run is read
+        raise ConfigError(f"{flag}: expected cut-offs >= 1")
     rec = Recommender.load(args.run_dir, data=args.data, device=args.device)
+    if args.k:
+        check_cutoffs(args.k, rec.data.n_items, flag)
+    else:
+        check_cutoffs(rec.cfg.ks, rec.data.n_items, f"the run's setting ks={rec.cfg.ks!r}", "pass --k")
     print(_json(rec.evaluate(split=args.split, ks=args.k)))
     return 0
 
@@ -134,6 +164,10 @@ def _recommend_all(args, backend_params: dict) -> int:
         raise ConfigError("--out and --shard go with --all-users (the top-K of every user, to a Parquet file)")
     if not args.out:
         raise ConfigError("--all-users needs --out FILE.parquet")
+    suffix = Path(args.out).suffix
+    if suffix.lower() != ".parquet":  # the only format written: refused before the artifact is read
+        what = f"suffix {suffix!r} is not supported" if suffix else "no .parquet suffix"
+        raise ConfigError(f"--out {args.out}: {what}: --all-users writes Parquet only (name the file *.parquet)")
     shard = parse_shard(args.shard)  # a bad --shard fails before the artifact is read
     print(_json(recommend_all(args.artifact, args.k, args.out, shard=shard, backend=args.backend,
                               backend_params=backend_params, batch_users=args.batch_users, threads=args.threads,
@@ -199,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override settings, e.g. --set lr=0.01 dim=32")
     t.add_argument("--seed", type=int)
     t.add_argument("--budget-bytes", metavar="N", help="memory per item in bytes: train the code (bits x dims) that "
-                   "the measured frontier (MovieLens-1M, benchmarks/results/frontier/) ranks best within N; "
-                   "not with --bits or --set dim=...")
+                   "the measured frontier of the data set (else MovieLens-1M's; benchmarks/results/frontier*/) "
+                   "ranks best within N; not with --bits or --set dim=...; --resume of such a run needs no flag")
     t.add_argument("--epochs", type=int)
     t.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="train on N processes of this machine with the distributed trainer (launches torchrun; "
@@ -215,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="full-ranking metrics of a trained run, as JSON")
     e.add_argument("run_dir")
     e.add_argument("--data", help="data to evaluate on (default: the run's own)")
-    e.add_argument("--k", type=int, nargs="+", help="cut-offs, e.g. --k 20 50 100")
+    e.add_argument("--k", type=int, nargs="+", help="cut-offs 1 .. the number of items, e.g. --k 20 50 100 "
+                   "(default: the run's setting ks)")
     e.add_argument("--split", default="test", choices=["test", "valid"])
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_evaluate)
@@ -254,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--users", help="a file with one original user id per line")
     who.add_argument("--all-users", action="store_true",
                      help="every user's top-K, streamed to --out FILE.parquet (long format: user, rank, item, score)")
-    r.add_argument("--out", help="with --all-users: the Parquet file to write (atomically)")
+    r.add_argument("--out", help="with --all-users: the Parquet file to write (atomically); its name must end in "
+                   ".parquet (Parquet is the only format written; one user alone prints JSON to stdout)")
     r.add_argument("--shard", metavar="I/N", help="with --all-users: only the I-th of N user ranges (1 <= I <= N)")
     r.add_argument("--batch-users", type=int, default=2048, help="with --all-users: users per search and row group")
     r.add_argument("--threads", type=int, help="with --all-users: search threads (default: every CPU)")

@@ -226,6 +226,11 @@ class Config:
         if self.distill_from and self.model not in DISTILLED_MODELS:
             raise ConfigError(f"setting distill_from={self.distill_from!r} does not apply to model={self.model!r} "
                               f"(only to {', '.join(DISTILLED_MODELS)})")
+        if not self.distill_from:  # the distillation settings tune a teacher's term: without one they do nothing
+            for key in DISTILL_SETTINGS:
+                if getattr(self, key) != _DEFAULTS[key]:
+                    raise ConfigError(f"setting {key}={getattr(self, key)!r} needs distill_from (the teacher: a "
+                                      f"trained full-precision run folder); without it there is no distillation")
         return self
 
     def _resolve_aliases(self) -> None:
@@ -279,6 +284,9 @@ class Config:
 
 
 _ALIASES = {f.name for f in dataclasses.fields(Config) if f.metadata.get("alias")}
+#: the settings of the distillation term, which need distill_from (a non-default value without it is refused)
+DISTILL_SETTINGS = ("distill_weight", "distill_top", "distill_decay")
+_DEFAULTS = {key: getattr(Config, key) for key in DISTILL_SETTINGS}
 
 
 def read_yaml(path) -> dict:

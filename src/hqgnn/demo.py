@@ -223,6 +223,34 @@ def run_demo(out="runs/demo", config: Optional[str] = None, overrides: Sequence[
     return {"rows": rows, "popularity": pop, "out": out, "seconds": seconds}
 
 
+def hqgnn_command() -> str:
+    """How to run ``hqgnn`` from a shell in the current folder, as printed for the user to paste:
+    ``hqgnn`` when that name on PATH is this environment's command (an activated venv), else
+    this environment's script (``.venv/bin/hqgnn`` after ``make demo``), else ``PYTHON -m hqgnn``;
+    paths under the current folder are written relative to it."""
+    import os
+    import shlex
+    import shutil
+
+    bindir = Path(sys.executable).parent  # the environment's bin/ (a venv's python may be a symlink: not resolved)
+    script = bindir / ("hqgnn.exe" if os.name == "nt" else "hqgnn")
+    found = shutil.which("hqgnn")
+    if script.is_file() and found and Path(found).resolve() == script.resolve():
+        return "hqgnn"
+
+    def shell(path: Path) -> str:
+        try:
+            rel = path.absolute().relative_to(Path.cwd())
+            text = str(rel) if rel.parent != Path(".") else f"./{rel}"
+        except ValueError:
+            text = str(path)
+        return shlex.quote(text)
+
+    if script.is_file() and os.access(script, os.X_OK):
+        return shell(script)
+    return f"{shell(Path(sys.executable))} -m hqgnn"
+
+
 def _print_report(stream, data, rows, pop, threads, seconds, train_total, export_total, timing_seconds) -> None:
     def p(line: str = "") -> None:
         print(line, file=stream)
@@ -271,10 +299,11 @@ def _print_report(stream, data, rows, pop, threads, seconds, train_total, export
         p(f"  {r['artifact']}  ({r['artifact_bytes'] / 1024:,.0f} KiB)")
     one_bit = next((r for r in rows if r["bits"] == 1), rows[-1])
     user = data.original_user_ids()[0]
+    hq = hqgnn_command()  # runnable as printed: .venv/bin/hqgnn after `make demo` without an activated venv
     tries = [
-        (f"hqgnn recommend {one_bit['artifact']} --user {user} --k 10", f"top-10 items for user {user}, from the 1-bit codes"),
-        (f"hqgnn serve {one_bit['artifact']} --port 8000", "HTTP service; OpenAPI page at /docs"),
-        (f"hqgnn evaluate {one_bit['run_dir']} --k 20 50 100", "the run's test metrics at more cut-offs"),
+        (f"{hq} recommend {one_bit['artifact']} --user {user} --k 10", f"top-10 items for user {user}, from the 1-bit codes"),
+        (f"{hq} serve {one_bit['artifact']} --port 8000", "HTTP service; OpenAPI page at /docs"),
+        (f"{hq} evaluate {one_bit['run_dir']} --k 20 50 100", "the run's test metrics at more cut-offs"),
     ]
     width = max(len(cmd) for cmd, _ in tries)
     p()
@@ -282,7 +311,7 @@ def _print_report(stream, data, rows, pop, threads, seconds, train_total, export
     for cmd, why in tries:
         p(f"  {cmd:<{width}}   # {why}")
     p("  # real data, with the settings behind the README's numbers (configs/: MovieLens-1M and Gowalla):")
-    p("  hqgnn train --data ../shared/data/ml-1m --model hqgnn --bits 1 --config configs/ml-1m-hqgnn-1bit.yaml "
+    p(f"  {hq} train --data ../shared/data/ml-1m --model hqgnn --bits 1 --config configs/ml-1m-hqgnn-1bit.yaml "
       "--out runs/ml1m-hq1")
     p()
     p(f"demo took {seconds:.0f} s: training {train_total:.0f} s, export {export_total:.1f} s, "

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .errors import DataError, NonFiniteScores
+from .errors import ConfigError, DataError, NonFiniteScores
 
 METRICS = ("recall", "ndcg", "precision", "hit_rate")
 
@@ -44,6 +44,17 @@ def exclusion_mask(exclude: Sequence[sp.csr_matrix], rows: np.ndarray, device) -
         m = csr_rows_to_dense_mask(e, rows, device)
         mask = m if mask is None else mask | m
     return mask
+
+
+def check_cutoffs(ks: Sequence[int], n_items: int, shown: Optional[str] = None, hint: str = "") -> None:
+    """Refuse cut-offs above the data's ``n_items`` (metrics@K of K > n_items are meaningless) with
+    a one-line :class:`~hqgnn.errors.ConfigError` that starts with ``shown``, the values as the user
+    wrote them (``"--k 20 500"``; default ``"setting ks=[...]"``), and ends with ``hint``."""
+    over = [int(k) for k in ks if int(k) > n_items]
+    if over:
+        shown = shown or f"setting ks={list(ks)!r}"
+        raise ConfigError(f"{shown}: cut-off {max(over)} is above the data's {n_items} items "
+                          f"(expected cut-offs 1 .. {n_items}{'; ' + hint if hint else ''})")
 
 
 def monitor_split(eval_split: str, data) -> str:

@@ -1,15 +1,26 @@
 """The measured accuracy-per-byte frontier, and the code it picks for a memory budget.
 
 ``hqgnn train --budget-bytes N`` (and ``Recommender(budget_bytes=N)``) trains the code that the
-frontier table shipped with the package (``default_configs/frontier.json``, written by
-``benchmarks/frontier.py`` from ``experiments/frontier-ml-1m.yaml``) measured best among the codes
-of at most ``N`` bytes per item: the highest Recall@50 as a share of float LightGCN's
+frontier table shipped with the package (``default_configs/frontier.json``) measured best among
+the codes of at most ``N`` bytes per item: the highest Recall@50 as a share of float LightGCN's
 (``ratio_to_float``); ties go to the smaller code, then the faster one.
+
+The table holds the rows of several data sets (``benchmarks/frontier.py`` writes each data set's
+rows into it, keeping the others': MovieLens-1M from ``experiments/frontier-ml-1m.yaml``, Gowalla
+from ``experiments/frontier-gowalla.yaml``). A budget uses the rows of the data set the run
+trains on when the table has them (the data set's name, :func:`dataset_of`: the folder's name of
+``--data ../shared/data/gowalla``, a table file's stem), else those of :data:`DEFAULT_DATASET`
+(MovieLens-1M: e.g. for the synthetic data or a data set never measured); the pick's line names
+the frontier it used.
 
 A code of ``bits`` bits x ``dim`` dimensions takes ``bits * dim / 8`` bytes per item (and per
 user); float32 embeddings take ``4 * dim``. The budget sets ``bits`` and ``dim`` only (and the
 model ``hqgnn`` when the settings name a full-precision one); the learning rate, weight decay
 and depth stay the run's own, since the table's tuned values are those of its data set.
+
+A run trained with a budget records the pick in its folder (``budget.json``, :func:`budget_record`),
+so ``hqgnn train --resume`` continues it with the same bits and dims without the flag (and
+with it, even if the table has changed since: :func:`apply_recorded`).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import json
 import math
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .config import FULL_PRECISION_MODELS, ONE_BIT_MODELS, Config
@@ -27,6 +39,8 @@ from .errors import ConfigError
 FLAG = "--budget-bytes"
 #: display names of the data sets a frontier table may hold
 DATASET_NAMES = {"ml-1m": "MovieLens-1M", "gowalla": "Gowalla", "synthetic": "synthetic"}
+#: whose rows a budget uses when the table has none of the run's data set
+DEFAULT_DATASET = "ml-1m"
 _ROW_KEYS = ("dataset", "model", "bits", "dim", "bytes_per_item", "recall@50", "ratio_to_float")
 
 
@@ -92,6 +106,34 @@ def load_frontier(path=None) -> list[dict]:
     return rows
 
 
+def dataset_of(data) -> str:
+    """The name of the data set of a ``data`` setting, as the data loaders name it: ``synthetic``
+    (also for None, the default), a LightGCN folder's name (``../shared/data/gowalla`` ->
+    ``gowalla``), a table file's stem (``ratings.csv`` -> ``ratings``)."""
+    text = "synthetic" if data is None else str(data).rstrip("/\\")
+    path = Path(text)
+    return path.stem if path.is_file() else path.name
+
+
+def frontier_dataset(rows: Sequence[dict], dataset: Optional[str] = None) -> str:
+    """Whose rows of ``rows`` a budget for ``dataset`` uses: ``dataset``'s when the table has a
+    quantized code of it, else :data:`DEFAULT_DATASET`'s, else the first row's data set."""
+    have = {r["dataset"] for r in rows if r["model"] not in FULL_PRECISION_MODELS and r["bits"] <= 8}
+    for name in (dataset, DEFAULT_DATASET):
+        if name in have:
+            return name
+    return rows[0]["dataset"]
+
+
+def merge_rows(old: Sequence[dict], new: Sequence[dict]) -> list[dict]:
+    """A table's rows with ``new`` in place of the rows of ``new``'s data sets; the other data
+    sets' rows of ``old`` stay. Sorted by data set, in the order of ``old`` then ``new``."""
+    replaced = {r["dataset"] for r in new}
+    rows = [r for r in old if r["dataset"] not in replaced] + list(new)
+    order = list(dict.fromkeys(r["dataset"] for r in list(old) + list(new)))
+    return sorted(rows, key=lambda r: order.index(r["dataset"]))
+
+
 def parse_budget(value, flag: str = FLAG) -> float:
     """A budget as the user wrote it (``"8"``, ``8``, ``12.5``) to bytes per item.
 
@@ -112,14 +154,15 @@ def pick_code(budget, rows: Optional[Sequence[dict]] = None, dataset: Optional[s
     Args:
         budget: bytes per item (a number, or its text as typed).
         rows: a frontier table's rows (default: the shipped table, :func:`load_frontier`).
-        dataset: whose measurements to use (default: the first row's data set).
+        dataset: the data set the run trains on: its rows when the table has them, else
+            :data:`DEFAULT_DATASET`'s (:func:`frontier_dataset`).
         flag: the name the messages give the budget.
 
     Raises :class:`~hqgnn.errors.ConfigError` (one line, naming ``flag`` and the value) for a
     budget that is not a positive number or is below the smallest measured code."""
     budget_bytes = parse_budget(budget, flag)
     rows = load_frontier() if rows is None else list(rows)
-    dataset = dataset or rows[0]["dataset"]
+    dataset = frontier_dataset(rows, dataset)
     codes = [r for r in rows if r["dataset"] == dataset and r["model"] not in FULL_PRECISION_MODELS
              and r["bits"] <= 8]
     if not codes:
@@ -137,9 +180,10 @@ def pick_code(budget, rows: Optional[Sequence[dict]] = None, dataset: Optional[s
 
 
 def apply_budget(cfg: Config, budget, bits: Optional[int] = None, overrides: Iterable[str] = (),
-                 model: Optional[str] = None, flag: str = FLAG, rows: Optional[Sequence[dict]] = None
-                 ) -> tuple[Config, Pick]:
-    """``cfg`` with the bits and dims that ``budget`` picks (:func:`pick_code`), and the pick.
+                 model: Optional[str] = None, flag: str = FLAG, rows: Optional[Sequence[dict]] = None,
+                 dataset: Optional[str] = None) -> tuple[Config, Pick]:
+    """``cfg`` with the bits and dims that ``budget`` picks (:func:`pick_code`) from the rows of
+    ``cfg.data``'s data set (or ``dataset``'s, if given; :func:`frontier_dataset`), and the pick.
 
     ``bits``, ``overrides`` (``KEY=VALUE`` texts of ``--set``) and ``model`` are what the user gave
     explicitly beside the budget: an explicit bit width or ``dim`` conflicts with it, as does a
@@ -155,7 +199,7 @@ def apply_budget(cfg: Config, budget, bits: Optional[int] = None, overrides: Ite
         key = str(text).split("=", 1)[0].strip()
         if key in ("bits", "dim"):
             raise ConfigError(f"{said} picks the bit width and dims: drop {'--set ' if cli else ''}{text} (or the budget)")
-    pick = pick_code(budget, rows=rows, flag=flag)
+    pick = pick_code(budget, rows=rows, flag=flag, dataset=dataset or dataset_of(cfg.data))
     chosen = cfg.model
     if model is not None and (model in FULL_PRECISION_MODELS or (model in ONE_BIT_MODELS and pick.bits != 1)):
         name = f"--model {model}" if cli else f"model={model!r}"
@@ -165,3 +209,28 @@ def apply_budget(cfg: Config, budget, bits: Optional[int] = None, overrides: Ite
         chosen = "hqgnn"
     updated = cfg.updated({"bits": pick.bits, "dim": pick.dim, "model": chosen}, flag).validate()
     return updated, pick
+
+
+def budget_record(pick: Pick, cfg: Config) -> dict:
+    """What a budget run records in its folder (``budget.json``): the budget, the code it picked,
+    the model trained and the pick's line."""
+    return {"budget_bytes": pick.budget, "bits": pick.bits, "dim": pick.dim, "model": cfg.model,
+            "dataset": pick.row["dataset"], "line": pick.line()}
+
+
+def apply_recorded(cfg: Config, record: dict, budget=None, bits: Optional[int] = None,
+                   overrides: Iterable[str] = (), model: Optional[str] = None, flag: str = FLAG) -> Config:
+    """``cfg`` with the bits, dims and model of a budget run's record (:func:`budget_record`):
+    what ``--resume`` of that run trains, with or without the budget flag (the table may have
+    changed since the pick). Settings given explicitly (``bits``, ``--set dim=...``, ``model``)
+    are kept, and the trainer refuses them if they differ from the checkpoint's.
+
+    Raises :class:`~hqgnn.errors.ConfigError` when ``budget`` is given and is not the recorded one."""
+    if budget is not None and not math.isclose(parse_budget(budget, flag), float(record["budget_bytes"])):
+        raise ConfigError(f"{_said(flag, budget)}: this run was trained with {_said(flag, _num(record['budget_bytes']))} "
+                          f"(its budget.json); resume it with that budget or without one")
+    explicit = {str(t).split("=", 1)[0].strip() for t in overrides or ()}
+    values = {k: record[k] for k in ("bits", "dim") if k not in explicit and not (k == "bits" and bits is not None)}
+    if model is None:
+        values["model"] = record["model"]
+    return cfg.updated(values, "budget.json").validate()

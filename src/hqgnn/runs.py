@@ -8,8 +8,10 @@ A run folder holds (each file written atomically, :mod:`hqgnn.storage`):
 * ``model.pt``       the weights reported in ``metrics.json`` (best on the monitored split)
 * ``metrics.json``   final test metrics, ``train_seconds``, which split selected the model
 * ``data.json``      data fingerprint, sizes and id maps (:func:`data_summary`)
+* ``budget.json``    only for a run trained with ``--budget-bytes N``: the budget and the code it
+  picked (:func:`hqgnn.frontier.budget_record`), which ``--resume`` trains again
 
-The trainer (:mod:`hqgnn.training`) writes them; inference (:meth:`hqgnn.api.Recommender.load`,
+The trainer (:mod:`hqgnn.training`) writes them (``budget.json``: ``hqgnn train``); inference (:meth:`hqgnn.api.Recommender.load`,
 :func:`hqgnn.export.export_run`) reads them through :class:`RunFolder` and
 :func:`load_checkpoint` without importing the trainer.
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import CheckpointError
-from .storage import atomic_path, write_json_atomic, write_text_atomic
+from .storage import ARTIFACT_MAGIC, atomic_path, write_json_atomic, write_text_atomic
 
 CONFIG = "config.yaml"
 HISTORY = "history.jsonl"
@@ -36,7 +38,8 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.json"
 DATA = "data.json"
-RUN_FILES = (CONFIG, HISTORY, CHECKPOINT, MODEL, METRICS, DATA)
+BUDGET = "budget.json"
+RUN_FILES = (CONFIG, HISTORY, CHECKPOINT, MODEL, METRICS, DATA, BUDGET)
 #: what the distributed trainer (hqgnn.distributed) adds: the sharding plan, the sharded
 #: checkpoint and the memory-mapped graph; ``--overwrite`` removes them too
 DISTRIBUTED_FILES = ("plan.json",)
@@ -168,14 +171,43 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         cfg.save(self.path / CONFIG)
 
+    def write_budget(self, record: dict) -> None:
+        """Write ``budget.json``: a budget run's pick (:func:`hqgnn.frontier.budget_record`)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path / BUDGET, record)
+
+    def read_budget(self) -> Optional[dict]:
+        """The budget run's pick of ``budget.json``, or None (a run trained without a budget)."""
+        path = self.path / BUDGET
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not all(k in record for k in ("budget_bytes", "bits", "dim", "model")):
+                raise ValueError("a field is missing")
+        except (OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: damaged budget record ({exc})") from None
+        return record
+
     def read_config(self):
         """The run's settings (:class:`hqgnn.config.Config`, old spellings resolved)."""
-        from .config import Config
+        from .config import DISTILL_SETTINGS, Config
 
         path = self.path / CONFIG
+        if self.path.is_file():
+            with open(self.path, "rb") as fh:
+                exported = fh.read(len(ARTIFACT_MAGIC)) == ARTIFACT_MAGIC
+            if exported:
+                raise CheckpointError(f"{self.path}: an exported artifact, not a run folder: recommend from it with "
+                                      f"hqgnn.index.recommender.ArtifactRecommender(path) or hqgnn recommend, or pass the run "
+                                      f"folder it was exported from")
+            raise CheckpointError(f"{self.path}: a file, not a run folder (the folder hqgnn train --out writes)")
         if not path.is_file():
             raise CheckpointError(f"{self.path}: not a run folder (no {CONFIG})")
-        return Config.load(path)
+        cfg = Config.load(path, validate=False)
+        if not cfg.distill_from:  # runs written before these were refused without a teacher: they did nothing
+            cfg = cfg.updated({key: getattr(Config, key) for key in DISTILL_SETTINGS}, str(path))
+        return cfg.validate()
 
     # ------------------------------------------------------------ training
     def write_history(self, history: list) -> None:

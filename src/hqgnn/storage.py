@@ -9,6 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+#: the first bytes of an exported artifact (``hqgnn export``; :mod:`hqgnn.index.artifact`): here, below
+#: the run folders and the index, so that a reader of either can tell an artifact from a run folder
+ARTIFACT_MAGIC = b"HQGNNIDX"
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

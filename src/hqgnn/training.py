@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data import InteractionData
 from .errors import CheckpointError, ConfigError, NonFiniteScores, TrainingDiverged
-from .evaluation import evaluate_model, excluded_for, monitor_split
+from .evaluation import check_cutoffs, evaluate_model, excluded_for, monitor_split
 from .finite import first_nonfinite, named_tensors, ranking_problem
 from .models import build_graph, load_full_precision_run, resolve_device, use_threads
 from .models.base import ScoringModel
@@ -84,6 +84,10 @@ class TrainContext:
             yield tuple(torch.from_numpy(a[sl]).to(self.device) for a in (u, p, n))
 
 
+#: how to fix ks above the data's items (the error of :func:`hqgnn.evaluation.check_cutoffs`)
+KS_HINT = "set ks, and early_stop_metric to one of them, e.g. --set ks=[5,10] early_stop_metric=recall@10"
+
+
 class Trainer:
     """Trains ``model`` on ``data.train`` with BPR and Adam, as the training settings of ``cfg`` say.
 
@@ -114,6 +118,7 @@ class Trainer:
         if (model.n_users, model.n_items) != (data.n_users, data.n_items):
             raise ConfigError(f"the model is for {model.n_users} users x {model.n_items} items, the data has "
                               f"{data.n_users} x {data.n_items}")
+        check_cutoffs(cfg.ks, data.n_items, hint=KS_HINT)  # metrics@K need K <= the items
         self.cfg = cfg
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None

@@ -50,10 +50,10 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import CheckpointError
-from ..storage import atomic_path
+from ..storage import ARTIFACT_MAGIC, atomic_path
 from .packing import LAYOUT, pack_codes, pad_bits, unpack_codes, words_per_row
 
-MAGIC = b"HQGNNIDX"
+MAGIC = ARTIFACT_MAGIC
 FORMAT_VERSION = 1
 PREAMBLE = struct.Struct("<8sII32s")  # magic, version, header length, sha256
 ALIGN = 64
