@@ -254,7 +254,7 @@ def summary(rows: list[dict], pairs: list[dict], args, meta: dict) -> str:
               f"{FLOAT_3_LAYERS[ds][0]:.4f}: the column 'of 3-layer float' divides by that." if ds in FLOAT_3_LAYERS else ""),
              "",
              "| bytes / item | code | seeds | lr / wd | Recall@50 | NDCG@50 | of float (R / N) | of 3-layer float (R) | "
-             "float of the same dims (R) | queries/s |", "|---:|---|---:|---|---|---|---|---|---|---:|"]
+             "float x the same dims, of float (R) | queries/s |", "|---:|---|---:|---|---|---|---|---|---|---:|"]
     floats = {r["dim"]: r for r in rows if r["model"] in FULL_PRECISION_MODELS}
     codes = [r for r in rows if r["model"] not in FULL_PRECISION_MODELS]
     for r in sorted(codes, key=lambda r: (r["bytes_per_item"], r["bits"])) + sorted(floats.values(), key=lambda r: r["dim"]):

@@ -146,3 +146,30 @@ def test_load_of_an_artifact_names_it_and_what_to_use(trained, capsys):
     capsys.readouterr()
     code, err = run_cli(["evaluate", str(artifact)], capsys)
     assert code == 2 and str(artifact) in err and "ArtifactRecommender" in err and len(err.splitlines()) == 1, err
+
+
+def test_recommend_from_a_run_folder_says_to_export_it(trained, capsys):
+    run, _ = trained
+    code, err = run_cli(["recommend", str(run), "--user", "0"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{run}: a run folder, not an exported artifact" in err and f"hqgnn export {run}" in err
+
+
+def test_api_fit_refuses_a_folder_with_a_run_unless_resumed_or_overwritten(trained, tmp_path):
+    import shutil
+
+    from hqgnn.api import Recommender
+
+    run, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    settings = dict(s.split("=", 1) for s in SMALL)
+    cfg = Config.load(overrides=[f"{k}={v}" for k, v in settings.items()] + ["model=hqgnn", "bits=1", "epochs=1"])
+    with pytest.raises(CheckpointError, match=r"holds a finished run \(metrics.json\).*overwrite=True") as err:
+        Recommender(config=cfg).fit("synthetic", out_dir=copy, progress=False)
+    assert "\n" not in str(err.value)
+    before = (copy / "metrics.json").read_text()
+    assert (copy / "metrics.json").read_text() == before  # nothing was trained over it
+    metrics = Recommender(config=cfg.updated({"seed": 7}, "test")).fit("synthetic", out_dir=copy, progress=False,
+                                                                      overwrite=True)
+    assert (copy / "metrics.json").read_text() != before and metrics["epochs"] == 1

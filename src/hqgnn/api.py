@@ -25,7 +25,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .index.results import Recommendations
 from .loading import build_index, load_run, prepare_data
 from .models import build_model, initial_model, resolve_device, use_threads
-from .runs import CHECKPOINT, RunFolder
+from .runs import CHECKPOINT, METRICS, RunFolder, clear_run
 
 
 class Recommender:
@@ -74,6 +74,7 @@ class Recommender:
                                                      "overrides": [f"{k}={v}" for k, v in settings.items() if k == "dim"]})
             self._pick_budget(None)
         self.trainer = None
+        self._record_applied = False  # hqgnn train --resume applied budget.json itself (explicit flags kept)
         self.data: Optional[InteractionData] = None
         self.metrics: Optional[dict] = None
         self.adj: Optional[torch.Tensor] = None
@@ -86,6 +87,7 @@ class Recommender:
         out_dir: Optional[Union[str, Path]] = None,
         resume: bool = False,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> dict:
         """Train on ``data`` and return the test metrics of the reported weights.
 
@@ -97,6 +99,9 @@ class Recommender:
             resume: continue the run in ``out_dir`` from its ``checkpoint.pt`` (same settings
                 but the budgets), instead of starting afresh (from ``from_run``'s E^0 when set).
             progress: show a progress bar.
+            overwrite: remove what an earlier run left in ``out_dir`` first
+                (:func:`hqgnn.runs.clear_run`); without it, a folder holding a finished run
+                (``metrics.json``) or an unfinished one (``checkpoint.pt``) is refused unless ``resume``.
 
         Returns: ``{"recall@K", "ndcg@K", "precision@K", "hit_rate@K" for K in ks, "split",
         "test_users", "model", "epochs", "train_seconds", "selected_by", "bits", "dim", ...}``
@@ -110,6 +115,21 @@ class Recommender:
 
         if resume and (out_dir is None or not (Path(out_dir) / CHECKPOINT).is_file()):
             raise CheckpointError(f"{out_dir}: nothing to resume (no {CHECKPOINT})")
+        if out_dir is not None and not resume:
+            if overwrite:
+                clear_run(Path(out_dir))
+            else:
+                held = next((f for f in (METRICS, CHECKPOINT) if (Path(out_dir) / f).is_file()), None)
+                if held:
+                    state = "a finished run" if held == METRICS else "an unfinished run's checkpoint"
+                    raise CheckpointError(f"{out_dir}: holds {state} ({held}): fit(..., resume=True) to continue it, "
+                                          f"or overwrite=True to train afresh")
+        if resume and getattr(self, "_budget", None) is None and out_dir is not None and not getattr(self, "_record_applied", False):
+            record = RunFolder(out_dir).read_budget()  # a budget run resumed without its budget: the recorded code
+            if record is not None:
+                from .frontier import apply_recorded
+
+                self.cfg = apply_recorded(self.cfg, record, flag="budget_bytes")
         if getattr(self, "_budget", None) is not None:  # the frontier of the data trained on, and a resumed run's recorded pick
             self._pick_budget(data.name if isinstance(data, InteractionData) else str(data),
                               RunFolder(out_dir).read_budget() if resume else None)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import HQGNNError
+from .errors import ConfigError, HQGNNError
 
 
 def _json(obj) -> str:
@@ -41,6 +41,9 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     # a budget run's pick (budget.json): --resume trains the same code, with the flag or without it
     recorded = RunFolder(out).read_budget() if args.resume else None
+    if args.resume and recorded is None and args.budget_bytes is not None and (out / "checkpoint.pt").is_file():
+        raise ConfigError(f"--budget-bytes {args.budget_bytes}: {out} was trained without a budget (no {BUDGET}); "
+                          f"resume it without --budget-bytes")
     # with a budget, the settings are validated once the budget has set the model, bits and dims (a
     # config's lightgcn becomes hqgnn before --from or distill_from are checked against it)
     cfg = Config.load(args.config, args.set, extra, validate=args.budget_bytes is None and recorded is None)
@@ -85,6 +88,7 @@ def cmd_train(args) -> int:
         raise HQGNNError(f"{out}: holds a distributed run's checkpoint (plan.json: its world size): resume it with "
                          "--nproc-per-node N or under torchrun")
     rec = Recommender(config=cfg)
+    rec._record_applied = recorded is not None  # bits / dims / model of budget.json, explicit flags kept, are in cfg
     data = prepare_data(cfg)  # bad data or settings fail here, before --overwrite removes anything
     from .evaluation import check_cutoffs
     from .training import KS_HINT
@@ -92,7 +96,7 @@ def cmd_train(args) -> int:
     check_cutoffs(cfg.ks, data.n_items, hint=KS_HINT)
     if args.overwrite and not args.resume:
         clear_run(out)  # a diverged or interrupted rerun must not leave the old results beside its own
-    if record is not None:
+    if record is not None and not args.resume:  # a refused resume must not leave a pick the run was not trained with
         RunFolder(out).write_budget(record)
     metrics = rec.fit(data, out_dir=out, resume=args.resume, progress=not args.quiet)
     print(_json(metrics))
@@ -241,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs pip install 'hqgnn[distributed]'; docs/distributed.md)")
     t.add_argument("--device", help="auto | cpu | cuda")
     t.add_argument("--from", dest="from_run", help="trained full-precision (lightgcn) run folder: what lsh and ptq quantize; the trained quantized models start from it")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (written at every evaluation: "
+                                                         "every eval_every epochs)")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

@@ -216,7 +216,9 @@ class Config:
         need(
             metric in ("recall", "ndcg", "precision", "hit_rate") and k.isdigit() and int(k) in self.ks,
             "early_stop_metric",
-            f"recall|ndcg|precision|hit_rate @ one of ks {self.ks}",
+            f"recall|ndcg|precision|hit_rate @ one of ks {self.ks}"
+            + (f" (ks changed: set early_stop_metric with it, e.g. early_stop_metric={metric or 'recall'}@{self.ks[0]})"
+               if metric in ("recall", "ndcg", "precision", "hit_rate") and k.isdigit() and self.ks else ""),
         )
         if self.model in POST_HOC_MODELS and not self.from_run:
             raise ConfigError(f"setting model={self.model!r} needs from_run (a trained lightgcn run: --from RUN_DIR)")

@@ -55,6 +55,8 @@ class Pick:
     bytes_per_item: float
     row: dict
     one_bit: Optional[dict]
+    #: the data set the run trains on, when the table has no frontier of it (its rows were used instead)
+    unmeasured: Optional[str] = None
 
     def line(self) -> str:
         """One line: what was picked and why, e.g. ``budget 8 bytes/item: 4 bits x 16 dims
@@ -62,6 +64,8 @@ class Pick:
         name = DATASET_NAMES.get(self.row["dataset"], self.row["dataset"])
         unit = "bit" if self.bits == 1 else "bits"
         why = f"{name} frontier: Recall@50 {self.row['ratio_to_float']:.0%} of float"
+        if self.unmeasured:
+            why = f"no frontier measured on {self.unmeasured}; {why}"
         if self.one_bit is not None and self.one_bit is not self.row:
             why += f"; 1 bit x {self.one_bit['dim']}: {self.one_bit['ratio_to_float']:.0%}"
         return f"budget {_num(self.budget)} bytes/item: {self.bits} {unit} x {self.dim} dims ({why})"
@@ -74,6 +78,11 @@ def _said(flag: str, value) -> str:
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _recorded_number(x: float):
+    """A recorded budget as a number to show (8, not 8.0 or '8')."""
+    return int(x) if float(x).is_integer() else float(x)
 
 
 def load_frontier(path=None) -> list[dict]:
@@ -162,7 +171,7 @@ def pick_code(budget, rows: Optional[Sequence[dict]] = None, dataset: Optional[s
     budget that is not a positive number or is below the smallest measured code."""
     budget_bytes = parse_budget(budget, flag)
     rows = load_frontier() if rows is None else list(rows)
-    dataset = frontier_dataset(rows, dataset)
+    asked, dataset = dataset, frontier_dataset(rows, dataset)
     codes = [r for r in rows if r["dataset"] == dataset and r["model"] not in FULL_PRECISION_MODELS
              and r["bits"] <= 8]
     if not codes:
@@ -176,7 +185,8 @@ def pick_code(budget, rows: Optional[Sequence[dict]] = None, dataset: Optional[s
     best = max(fits, key=lambda r: (round(r["ratio_to_float"], 6), -r["bytes_per_item"], r.get("queries_per_s") or 0))
     one_bit = next((r for r in codes if r["bits"] == 1 and math.isclose(r["bytes_per_item"], best["bytes_per_item"])),
                    None)
-    return Pick(budget_bytes, int(best["bits"]), int(best["dim"]), float(best["bytes_per_item"]), best, one_bit)
+    return Pick(budget_bytes, int(best["bits"]), int(best["dim"]), float(best["bytes_per_item"]), best, one_bit,
+                asked if asked and asked != dataset else None)
 
 
 def apply_budget(cfg: Config, budget, bits: Optional[int] = None, overrides: Iterable[str] = (),
@@ -227,7 +237,7 @@ def apply_recorded(cfg: Config, record: dict, budget=None, bits: Optional[int] =
 
     Raises :class:`~hqgnn.errors.ConfigError` when ``budget`` is given and is not the recorded one."""
     if budget is not None and not math.isclose(parse_budget(budget, flag), float(record["budget_bytes"])):
-        raise ConfigError(f"{_said(flag, budget)}: this run was trained with {_said(flag, _num(record['budget_bytes']))} "
+        raise ConfigError(f"{_said(flag, budget)}: this run was trained with {_said(flag, _recorded_number(record['budget_bytes']))} "
                           f"(its budget.json); resume it with that budget or without one")
     explicit = {str(t).split("=", 1)[0].strip() for t in overrides or ()}
     values = {k: record[k] for k in ("bits", "dim") if k not in explicit and not (k == "bits" and bits is not None)}

@@ -420,6 +420,9 @@ def read_header(path) -> tuple[dict, int]:
 def _read_preamble(path: Path):
     if not path.exists():
         raise CheckpointError(f"{path}: artifact not found")
+    if path.is_dir() and (path / "config.yaml").is_file():
+        raise CheckpointError(f"{path}: a run folder, not an exported artifact: export it first "
+                              f"(hqgnn export {path} OUT.hqgnn), or load it with hqgnn.Recommender.load")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
     size = path.stat().st_size
