@@ -265,7 +265,7 @@ def summary(rows: list[dict], pairs: list[dict], args, meta: dict) -> str:
             name = f"**{name}**"
         fl = floats.get(r["dim"]) if r["model"] not in FULL_PRECISION_MODELS else None
         lines.append(f"| {r['bytes_per_item']:g} | {name} | {len(r['seeds'])} | {r['lr']:g} / {r['weight_decay']:g} | "
-                     f"{r['recall@50']:.4f} ± {r['recall@50_std']:.4f} | {r['ndcg@50']:.4f} ± {r['ndcg@50_std']:.4f} | "
+                     f"{spread(r, 'recall@50')} | {spread(r, 'ndcg@50')} | "
                      f"{pct(r['ratio_to_float'])} / {pct(r.get('ndcg_ratio_to_float'))} | "
                      f"{pct(r['recall@50'] / FLOAT_3_LAYERS[ds][0]) if ds in FLOAT_3_LAYERS else '—'} | "
                      f"{pct(fl['ratio_to_float']) if fl else '—'} | "
@@ -273,7 +273,7 @@ def summary(rows: list[dict], pairs: list[dict], args, meta: dict) -> str:
                      f"{' (timed on `' + r['timed_on'] + '`)' if r.get('timed_on') and r['queries_per_s'] else ''} |")
     few = [code_name(r) for r in codes + list(floats.values()) if len(r["seeds"]) < 3]
     lines += ["", "Bold: the best code of its budget (what `hqgnn train --budget-bytes N` picks). ± is the standard "
-              "deviation over seeds (0 for one seed)." + (f" One seed only ({'the screen' + chr(39) + 's pick; ' if valid else ''}the "
+              "deviation over seeds." + (f" One seed only ({'the screen' + chr(39) + 's pick; ' if valid else ''}the "
               f"CPU time went to the seeds of the budgets' best codes first): {', '.join(few)}." if few else "") +
               (f" In the grid but not run (out of CPU time): {', '.join(meta['missing'])}." if meta.get("missing") else ""),
               "", "## Paired tests (by seed)", "",
@@ -336,13 +336,20 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def spread(r: dict, metric: str) -> str:
+    """``mean ± std`` over seeds, or ``mean (1 seed)``."""
+    return f"{r[metric]:.4f} ± {r[metric + '_std']:.4f}" if len(r["seeds"]) > 1 else f"{r[metric]:.4f} (1 seed)"
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--experiment", type=Path, default=ROOT / "experiments" / "frontier-ml-1m.yaml")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", type=Path, default=ROOT / "experiments" / "frontier-ml-1m.yaml",
+                   help="the grid's experiment file (default: experiments/frontier-ml-1m.yaml)")
     p.add_argument("--runs", type=Path, help="the experiment's output folder (default: the file's out)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "frontier")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "frontier",
+                   help="where frontier.json, summary.md and frontier.png go (default: benchmarks/results/frontier)")
+    p.add_argument("--threads", type=int, default=1, help="threads of the timed searches (default 1)")
+    p.add_argument("--repeat", type=int, default=10, help="interleaved timing rounds, the best kept (default 10)")
     p.add_argument("--no-timing", action="store_true", help="keep the queries/s of the existing frontier.json")
     p.add_argument("--no-package", action="store_true", help="do not copy frontier.json into the package")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="CSV:LABEL[,LABEL...]",
@@ -362,23 +369,25 @@ def main(argv=None) -> int:
         return 1
     set_ratios(rows)
     n_users_of(rows)
-    kernels = "as measured before"
-    if args.no_timing:
-        old_file = args.out / "frontier.json"
-        old = {(r["dataset"], r["bits"], r["dim"]): r for r in json.loads(old_file.read_text())["rows"]} if old_file.is_file() else {}
-        for r in rows:
-            r["queries_per_s"] = old.get((r["dataset"], r["bits"], r["dim"]), {}).get("queries_per_s")
-    else:
-        kernels = time_points(rows, args.threads, args.repeat)
     from retrieval import cpu_name
 
+    timing = {"threads": args.threads, "repeat": args.repeat, "kernels": "as measured before",
+              "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} shared cores, load "
+                         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}, numpy {np.__version__}, "
+                         f"Python {platform.python_version()}"}
+    if args.no_timing:  # the queries/s, and the machine and kernels they were measured on, of the last timing
+        old_file = args.out / "frontier.json"
+        old_doc = json.loads(old_file.read_text()) if old_file.is_file() else {"rows": []}
+        old = {(r["dataset"], r["bits"], r["dim"]): r for r in old_doc["rows"]}
+        for r in rows:
+            r["queries_per_s"] = old.get((r["dataset"], r["bits"], r["dim"]), {}).get("queries_per_s")
+        timing = old_doc.get("timing", timing)
+    else:
+        timing["kernels"] = time_points(rows, args.threads, args.repeat)
+
     rel = os.path.relpath(args.experiment.resolve(), ROOT)
-    meta = {"experiment": rel, "threads": args.threads, "repeat": args.repeat, "kernels": kernels,
-            "config": spec_config(spec), "valid": spec_config(spec)[1].val_fraction > 0,
-            "command": "python benchmarks/frontier.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
-            "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} shared cores, load "
-                       f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}, numpy {np.__version__}, "
-                       f"Python {platform.python_version()}"}
+    meta = {"experiment": rel, **timing, "config": spec_config(spec), "valid": spec_config(spec)[1].val_fraction > 0,
+            "command": "python benchmarks/frontier.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))}
     planned = {(32 if c.model in FULL_PRECISION_MODELS else c.bits, dict(c.settings).get("dim", 64)) for c in expand_cells(spec)}
     pairs = tests(rows, planned | {(r["bits"], r["dim"]) for r in rows})
     measured = {(r["bits"], r["dim"]) for r in rows}
@@ -391,7 +400,7 @@ def main(argv=None) -> int:
     doc = {"description": "Accuracy per byte: HQ-GNN codes of bits x dims against float LightGCN (issue 20). "
                           "bytes_per_item = bits * dim / 8 (float32: 4 * dim); ratio_to_float = recall@50 / float "
                           "LightGCN x 64's; queries_per_s: exact top-50 of every user, seen items excluded, 1 thread.",
-           "experiment": rel, "metric": METRIC, "rows": public, "paired_tests": pairs}
+           "experiment": rel, "metric": METRIC, "timing": timing, "rows": public, "paired_tests": pairs}
     args.out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=1) + "\n"
     (args.out / "frontier.json").write_text(text)
