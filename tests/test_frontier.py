@@ -222,7 +222,7 @@ def test_the_pick_uses_the_rows_of_the_runs_data_set(dataset, bits, dim, name):
 def test_a_table_without_the_default_data_set_uses_its_first():
     assert pick_code(8, rows=GOWALLA, dataset="synthetic").row["dataset"] == "gowalla"
     with pytest.raises(ConfigError, match="^--budget-bytes 4: below the smallest measured code .8 bytes/item"):
-        pick_code(4, rows=GOWALLA + TABLE, dataset="gowalla")  # gowalla's smallest code, not ml-1m's 4 bytes
+        pick_code(4, rows=GOWALLA, dataset="gowalla")  # no data set of the table measured a 4-byte code
 
 
 def test_apply_budget_reads_the_data_set_from_the_data_setting(tmp_path):
@@ -413,3 +413,14 @@ def test_api_resume_of_a_budget_run_without_the_budget(tmp_path):
     with pytest.raises(ConfigError) as err:
         Recommender(budget_bytes=16, epochs=6, **settings).fit("synthetic", out_dir=out, resume=True, progress=False)
     assert "budget_bytes=16: this run was trained with budget_bytes=8 (its budget.json)" in str(err.value)
+
+
+@pytest.mark.parametrize("budget,bits,dim,why", [
+    (4, 2, 16, "(no Gowalla code measured at 4 bytes/item; MovieLens-1M frontier: "),  # Gowalla has no 4-byte code
+    (8, 2, 32, "(Gowalla frontier: "), (12, 2, 32, "(Gowalla frontier: "), (16, 4, 32, "(Gowalla frontier: "),
+    (32, 8, 32, "(no Gowalla code measured at 32 bytes/item; MovieLens-1M frontier: "),  # not a 16-byte Gowalla code
+])
+def test_a_budget_beyond_the_runs_measured_sizes_uses_the_default_frontier(budget, bits, dim, why):
+    pick = pick_code(budget, rows=GOWALLA + TABLE, dataset="gowalla")
+    assert (pick.bits, pick.dim) == (bits, dim)
+    assert why in pick.line()

@@ -158,7 +158,7 @@ def _integer_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
     The key ``score * n + (n - 1 - column)`` orders exactly, but an int64 key of the whole
     (batch, n) block costs ~4x the ranking itself (Gowalla, 4,096 users x 40,981 items, one
-    thread: 4.0 s a batch against 1.5 s this way, the same order). Only the columns scoring at least the
+    thread: 4.0 s a batch against 1.5 s this way, the same order; ``benchmarks/eval_rank.py``). Only the columns scoring at least the
     k-th best float score can be in the top k, so the key is built for those alone: the
     k-th score's ties, usually a handful per row, are all that torch.topk may order
     arbitrarily."""

@@ -55,7 +55,8 @@ class Pick:
     bytes_per_item: float
     row: dict
     one_bit: Optional[dict]
-    #: the data set the run trains on, when the table has no frontier of it (its rows were used instead)
+    #: why the rows of another data set than the run's were used (e.g. ``no frontier measured on
+    #: ratings``, ``no Gowalla code measured at 32 bytes/item``), else None
     unmeasured: Optional[str] = None
 
     def line(self) -> str:
@@ -65,7 +66,7 @@ class Pick:
         unit = "bit" if self.bits == 1 else "bits"
         why = f"{name} frontier: Recall@50 {self.row['ratio_to_float']:.0%} of float"
         if self.unmeasured:
-            why = f"no frontier measured on {self.unmeasured}; {why}"
+            why = f"{self.unmeasured}; {why}"
         if self.one_bit is not None and self.one_bit is not self.row:
             why += f"; 1 bit x {self.one_bit['dim']}: {self.one_bit['ratio_to_float']:.0%}"
         return f"budget {_num(self.budget)} bytes/item: {self.bits} {unit} x {self.dim} dims ({why})"
@@ -124,10 +125,25 @@ def dataset_of(data) -> str:
     return path.stem if path.is_file() else path.name
 
 
-def frontier_dataset(rows: Sequence[dict], dataset: Optional[str] = None) -> str:
+def frontier_dataset(rows: Sequence[dict], dataset: Optional[str] = None, budget: Optional[float] = None) -> str:
     """Whose rows of ``rows`` a budget for ``dataset`` uses: ``dataset``'s when the table has a
-    quantized code of it, else :data:`DEFAULT_DATASET`'s, else the first row's data set."""
-    have = {r["dataset"] for r in rows if r["model"] not in FULL_PRECISION_MODELS and r["bits"] <= 8}
+    quantized code of it, else :data:`DEFAULT_DATASET`'s, else the first row's data set.
+
+    With ``budget`` (bytes per item), a data set is used only if it measured a code as large as
+    the largest code of at most ``budget`` bytes any data set measured: Gowalla measured 8 and 16
+    bytes, so a 32-byte budget on Gowalla uses MovieLens-1M's rows (up to 32 bytes) rather than
+    a 16-byte Gowalla code."""
+    codes = [r for r in rows if r["model"] not in FULL_PRECISION_MODELS and r["bits"] <= 8]
+    have = {r["dataset"] for r in codes}
+
+    def largest(name=None) -> float:
+        return max((r["bytes_per_item"] for r in codes if (name is None or r["dataset"] == name)
+                    and r["bytes_per_item"] <= budget + 1e-9), default=-1.0)
+
+    if budget is not None:
+        for name in (dataset, DEFAULT_DATASET):
+            if name in have and largest(name) >= 0 and math.isclose(largest(name), largest()):
+                return name
     for name in (dataset, DEFAULT_DATASET):
         if name in have:
             return name
@@ -171,7 +187,7 @@ def pick_code(budget, rows: Optional[Sequence[dict]] = None, dataset: Optional[s
     budget that is not a positive number or is below the smallest measured code."""
     budget_bytes = parse_budget(budget, flag)
     rows = load_frontier() if rows is None else list(rows)
-    asked, dataset = dataset, frontier_dataset(rows, dataset)
+    asked, dataset = dataset, frontier_dataset(rows, dataset, budget_bytes)
     codes = [r for r in rows if r["dataset"] == dataset and r["model"] not in FULL_PRECISION_MODELS
              and r["bits"] <= 8]
     if not codes:
@@ -185,8 +201,13 @@ def pick_code(budget, rows: Optional[Sequence[dict]] = None, dataset: Optional[s
     best = max(fits, key=lambda r: (round(r["ratio_to_float"], 6), -r["bytes_per_item"], r.get("queries_per_s") or 0))
     one_bit = next((r for r in codes if r["bits"] == 1 and math.isclose(r["bytes_per_item"], best["bytes_per_item"])),
                    None)
+    unmeasured = None
+    if asked and asked != dataset:
+        measured = any(r["dataset"] == asked and r["model"] not in FULL_PRECISION_MODELS for r in rows)
+        unmeasured = (f"no {DATASET_NAMES.get(asked, asked)} code measured at {_num(best['bytes_per_item'])} bytes/item"
+                      if measured else f"no frontier measured on {asked}")
     return Pick(budget_bytes, int(best["bits"]), int(best["dim"]), float(best["bytes_per_item"]), best, one_bit,
-                asked if asked and asked != dataset else None)
+                unmeasured)
 
 
 def apply_budget(cfg: Config, budget, bits: Optional[int] = None, overrides: Iterable[str] = (),
