@@ -178,16 +178,11 @@ class RunFolder:
 
     def read_budget(self) -> Optional[dict]:
         """The budget run's pick of ``budget.json``, or None (a run trained without a budget)."""
-        path = self.path / BUDGET
-        if not path.is_file():
-            return None
-        try:
-            record = json.loads(path.read_text())
+        def check(record) -> None:
             if not all(k in record for k in ("budget_bytes", "bits", "dim", "model")):
                 raise ValueError("a field is missing")
-        except (OSError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: damaged budget record ({exc})") from None
-        return record
+
+        return self._read_json(BUDGET, "damaged budget record", check)
 
     def read_config(self):
         """The run's settings (:class:`hqgnn.config.Config`, old spellings resolved)."""
@@ -242,13 +237,22 @@ class RunFolder:
 
     def read_metrics(self) -> Optional[dict]:
         """``metrics.json``, or None when the run has none (unfinished)."""
-        path = self.path / METRICS
+        return self._read_json(METRICS, "unreadable metrics")
+
+    def _read_json(self, name: str, problem: str, check=None) -> Optional[dict]:
+        """The JSON file ``name`` of the run (None when absent), ``check`` raising ValueError or
+        TypeError on a record it refuses; a file that cannot be read or fails the check raises
+        :class:`CheckpointError` naming the file and ``problem``."""
+        path = self.path / name
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable metrics ({exc})") from None
+            record = json.loads(path.read_text())
+            if check is not None:
+                check(record)
+        except (OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: {problem} ({exc})") from None
+        return record
 
     def write_data(self, data) -> None:
         """Write ``data.json`` (:func:`data_summary`)."""
