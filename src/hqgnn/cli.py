@@ -71,6 +71,10 @@ def cmd_train(args) -> int:
         from .distributed.launch import require_torchrec, train as train_distributed
 
         require_torchrec()
+        import faulthandler
+
+        faulthandler.enable()  # a rank that aborts in C++ (gloo, TorchRec) shows its Python stack, not only the signal
+        args.rank_process = True  # main() leaves without the interpreter's teardown (rank_exit)
         data = prepare_data(cfg)
         from .evaluation import check_cutoffs
         from .training import KS_HINT
@@ -341,18 +345,29 @@ def main(argv: Optional[list] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except HQGNNError as exc:
         print(f"hqgnn: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("hqgnn: interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except BrokenPipeError:  # `hqgnn ... | head`: the reader left; not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        code = 0
+    if getattr(args, "rank_process", False):
+        rank_exit(code)
+    return code
+
+
+def rank_exit(code: int) -> None:
+    """End a torchrun rank of ``hqgnn train`` with ``code`` once its output is flushed, skipping the
+    interpreter's teardown: the run is written and the process group destroyed by then, and C++
+    threads of gloo / TorchRec destroyed during that teardown can abort a finished rank (SIGABRT,
+    'terminate called without an active exception')."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
