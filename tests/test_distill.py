@@ -235,6 +235,25 @@ def test_experiment_cell_distils_from_its_seed_teacher(tmp_path):
         expand_cells(load_experiment(spec))
 
 
+def test_experiment_cell_with_teacher_seed_distils_every_seed_from_that_run(tmp_path):
+    from hqgnn.experiment import cell_config, expand_cells, load_experiment
+
+    spec = tmp_path / "exp.yaml"
+    spec.write_text("datasets: {syn: synthetic}\nseeds: [1, 2, 3]\ncells:\n  - {model: lightgcn, seeds: [1]}\n"
+                    "  - {model: hqgnn, bits: 4, name: kd, distill_from: lightgcn, teacher_seed: 1}\n")
+    cells = [c for c in expand_cells(load_experiment(spec)) if c.model == "hqgnn"]
+    assert [c.seed for c in cells] == [1, 2, 3]
+    teacher = str(tmp_path / "out" / "syn" / "lightgcn" / "seed1")
+    assert [cell_config(c, tmp_path / "out").distill_from for c in cells] == [teacher] * 3
+    assert [cell_config(c, tmp_path / "out").seed for c in cells] == [1, 2, 3]
+    assert {c.run_dir(tmp_path).name for c in cells} == {"seed1", "seed2", "seed3"}  # the students keep their seeds
+    for bad in ("teacher_seed: 1", "distill_from: lightgcn, teacher_seed: one", "distill_from: lightgcn, teacher_seed: true"):
+        spec.write_text("datasets: {syn: synthetic}\ncells:\n  - {model: lightgcn}\n"
+                        f"  - {{model: hqgnn, bits: 2, {bad}}}\n")
+        with pytest.raises(ConfigError, match="teacher_seed=.* needs distill_from and an integer seed"):
+            expand_cells(load_experiment(spec))
+
+
 def test_teacher_models_are_the_full_precision_models():
     from hqgnn.config import FULL_PRECISION_MODELS
     from hqgnn.models.distill import TEACHER_MODELS

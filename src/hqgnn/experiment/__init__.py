@@ -36,7 +36,8 @@ data set and seed: ``lightgcn`` when the grid has one, else ``mf``, or the one t
 with ``start_from: NAME`` starts from the trained E0 of the full-precision cell so named (its
 ``name``, else its model: ``lightgcn``, ``mf``) of the same data set and seed (setting
 ``from_run``, a pre-training stage). ``distill_from: NAME`` makes that cell's run the teacher
-of a trained quantized cell (setting ``distill_from``; :mod:`hqgnn.models.distill`).
+of a trained quantized cell (setting ``distill_from``; :mod:`hqgnn.models.distill`), the
+teacher's run of the same seed, or of the seed ``teacher_seed: N`` names (one teacher for every seed).
 
 The package, imported one way (no module imports one that imports it back)::
 

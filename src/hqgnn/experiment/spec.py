@@ -15,7 +15,7 @@ from ..config import DISTILLED_MODELS, FULL_PRECISION_MODELS, ONE_BIT_MODELS, PO
 from ..errors import ConfigError
 
 _KEYS = {"name", "out", "datasets", "config", "settings", "seeds", "cells", "reference", "compare", "metrics"}
-_CELL_KEYS = {"model", "bits", "seeds", "settings", "config", "name", "start_from", "distill_from"}
+_CELL_KEYS = {"model", "bits", "seeds", "settings", "config", "name", "start_from", "distill_from", "teacher_seed"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Cell:
     name: Optional[str] = None  # a variant's display name (same model, other settings)
     start_from: Optional[str] = None  # name of the full-precision cell (same data set, seed) it starts from
     distill_from: Optional[str] = None  # name of the full-precision cell (same data set, seed) it distils from
+    teacher_seed: Optional[int] = None  # the seed of that cell's run to distil from, when not the cell's own
 
     @property
     def display(self) -> str:
@@ -99,6 +100,11 @@ def expand_cells(spec: dict) -> list[Cell]:
                 raise ConfigError(f"experiment cell {entry!r}: distill_from={teacher!r} needs a model of "
                                   f"{', '.join(DISTILLED_MODELS)} and the name of a full-precision cell of the grid "
                                   f"({', '.join(sorted(full_precision)) or 'none'})")
+            teacher_seed = entry.get("teacher_seed")
+            if teacher_seed is not None and (teacher is None or isinstance(teacher_seed, bool)
+                                             or not isinstance(teacher_seed, int)):
+                raise ConfigError(f"experiment cell {entry!r}: teacher_seed={teacher_seed!r} needs distill_from "
+                                  f"and an integer seed of that cell")
             bits_list = entry.get("bits")
             if entry["model"] in QUANTIZED_MODELS:
                 bits_list = bits_list if isinstance(bits_list, list) else [bits_list or (1 if entry["model"] in ONE_BIT_MODELS else 4)]
@@ -120,6 +126,7 @@ def expand_cells(spec: dict) -> list[Cell]:
                             name=entry.get("name"),
                             start_from=start,
                             distill_from=teacher,
+                            teacher_seed=teacher_seed,
                         )
                     )
     # full-precision runs first: post-hoc cells quantize them, start_from / distill_from cells use them
@@ -141,6 +148,7 @@ def cell_config(cell: Cell, out: Path, source: str = "lightgcn") -> Config:
         fp_name = cell.start_from or source  # a full-precision cell's display name, which is its folder
         extra["from_run"] = str(Cell(cell.dataset, cell.data_path, fp_name, None, cell.seed, None, ()).run_dir(out))
     if cell.distill_from:
-        extra["distill_from"] = str(Cell(cell.dataset, cell.data_path, cell.distill_from, None, cell.seed, None, ()).run_dir(out))
+        seed = cell.seed if cell.teacher_seed is None else cell.teacher_seed
+        extra["distill_from"] = str(Cell(cell.dataset, cell.data_path, cell.distill_from, None, seed, None, ()).run_dir(out))
     cfg = Config.load(cell.config, None, extra)
     return cfg.updated(dict(cell.settings), "experiment settings").validate()
