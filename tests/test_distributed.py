@@ -359,3 +359,55 @@ def test_without_the_extra_torchrun_says_what_to_install(tmp_path):
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "pip install 'hqgnn[distributed]'" in proc.stderr
+
+
+@needs_torchrec
+def test_distributed_budget_run_records_its_pick_and_resumes_it_quietly(tmp_path):
+    """--nproc-per-node with --budget-bytes writes budget.json as a single-process run does (once, not
+    when refused, kept on --resume), a resume without the flag trains the recorded code, and --quiet
+    ranks print none of TorchRec's planner or torch.fx's warnings."""
+    from hqgnn.frontier import pick_code
+
+    out = tmp_path / "run"
+    pick = pick_code(8, dataset="synthetic")  # no synthetic frontier: MovieLens-1M's rows (4 bits x 16 dims)
+
+    def cmd(*more, where=out):
+        return [sys.executable, "-m", "hqgnn", "train", "--nproc-per-node", "2", "--data", "synthetic", "--out",
+                str(where), "--quiet", "--set", "synthetic_users=40", "synthetic_items=30", "ks=[5,10,20]", "layers=2",
+                "lr=0.05", "eval_every=1", "fanout=[4, -1]", *more]
+
+    proc = subprocess.run(cmd("--budget-bytes", "8", "--epochs", "1"), capture_output=True, text=True, timeout=400,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "budget.json").read_text())
+    assert (record["budget_bytes"], record["bits"], record["dim"], record["model"]) == (8, pick.bits, pick.dim, "hqgnn")
+    metrics = json.loads(proc.stdout)
+    assert (metrics["bits"], metrics["dim"], metrics["world_size"]) == (record["bits"], record["dim"], 2)
+    assert proc.stderr.count(pick.line()) == 1, proc.stderr[-3000:]  # said once, by the launcher
+    for noise in ("WARNING:torchrec", "is_fx_tracing", "The topology was constructed", "storage_reservations"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    # a resume without the flag trains the recorded code and keeps the record
+    again = subprocess.run(cmd("--resume", "--epochs", "2"), capture_output=True, text=True, timeout=400, env=_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads(again.stdout)
+    assert (resumed["bits"], resumed["dim"], resumed["epochs"]) == (record["bits"], record["dim"], 2)
+    assert json.loads((out / "budget.json").read_text()) == record
+    assert again.stderr.count("resuming the budget run") == 1 and "WARNING:torchrec" not in again.stderr
+    # refused in one line before any process starts, writing nothing: another budget on resume, a budget
+    # for a distributed run trained without one, a finished run without --overwrite
+    other = subprocess.run(cmd("--resume", "--budget-bytes", "16", "--epochs", "3"), capture_output=True, text=True,
+                           timeout=200, env=_env())
+    assert other.returncode == 2 and "this run was trained with --budget-bytes 8" in other.stderr, other.stderr
+    assert json.loads((out / "budget.json").read_text()) == record
+    plain = tmp_path / "plain"
+    (plain / "dist_checkpoint").mkdir(parents=True)
+    refused = subprocess.run(cmd("--resume", "--budget-bytes", "8", where=plain), capture_output=True, text=True,
+                             timeout=200, env=_env())
+    assert refused.returncode == 2 and "was trained without a budget" in refused.stderr, refused.stderr
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "metrics.json").write_text("{}")
+    done = subprocess.run(cmd("--budget-bytes", "8", where=finished), capture_output=True, text=True, timeout=200,
+                          env=_env())
+    assert done.returncode == 2 and "a finished run is already there" in done.stderr, done.stderr
+    assert not (plain / "budget.json").exists() and not (finished / "budget.json").exists()

@@ -41,25 +41,28 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     # a budget run's pick (budget.json): --resume trains the same code, with the flag or without it
     recorded = RunFolder(out).read_budget() if args.resume else None
-    if args.resume and recorded is None and args.budget_bytes is not None and (out / "checkpoint.pt").is_file():
+    if args.resume and recorded is None and args.budget_bytes is not None and (
+            (out / "checkpoint.pt").is_file() or (out / "dist_checkpoint").is_dir()):  # single-process or distributed
         raise ConfigError(f"--budget-bytes {args.budget_bytes}: {out} was trained without a budget (no {BUDGET}); "
                           f"resume it without --budget-bytes")
     # with a budget, the settings are validated once the budget has set the model, bits and dims (a
     # config's lightgcn becomes hqgnn before --from or distill_from are checked against it)
     cfg = Config.load(args.config, args.set, extra, validate=args.budget_bytes is None and recorded is None)
     record = None
+    # the pick is said once: by --nproc-per-node's launcher (not its ranks: HQGNN_LAUNCHED), by rank 0 of a bare torchrun
+    say = not os.environ.get("HQGNN_LAUNCHED") and os.environ.get("RANK", "0") == "0"
     if recorded is not None:
         from .frontier import apply_recorded
 
         cfg = apply_recorded(cfg, recorded, budget=args.budget_bytes, bits=args.bits, overrides=args.set, model=args.model)
-        if not os.environ.get("HQGNN_LAUNCHED"):
+        if say:
             print(f"hqgnn: resuming the budget run of {out / BUDGET}: {recorded.get('line', '')}", file=sys.stderr)
     elif args.budget_bytes is not None:  # the measured frontier's best code of at most N bytes per item
         from .frontier import apply_budget, budget_record
 
         cfg, pick = apply_budget(cfg, args.budget_bytes, bits=args.bits, overrides=args.set, model=args.model)
         record = budget_record(pick, cfg)
-        if not os.environ.get("HQGNN_LAUNCHED"):  # the ranks that --nproc-per-node starts: the launcher said it
+        if say:
             print(f"hqgnn: {pick.line()}", file=sys.stderr)
     from .distributed.launch import under_torchrun  # TorchRec itself is imported only when asked for
 
@@ -80,7 +83,8 @@ def cmd_train(args) -> int:
         from .training import KS_HINT
 
         check_cutoffs(cfg.ks, data.n_items, hint=KS_HINT)  # as the single-process trainer: before any file is written
-        metrics = train_distributed(cfg, data, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        metrics = train_distributed(cfg, data, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                                    budget=record)  # rank 0 writes budget.json once its checks pass
         if metrics is not None:
             print(_json(metrics))
         return 0

@@ -157,14 +157,36 @@ def launch(args, nproc: int, cfg=None) -> int:
     return rank_code if status != 0 and rank_code else status
 
 
-def train(cfg, data, out, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Optional[dict]:
-    """Train ``cfg`` on ``data`` in this torchrun process; rank 0 returns metrics.json, others None."""
+#: the loggers whose warnings the ranks leave unsaid under ``--quiet``: TorchRec's planner (a topology
+#: constructed directly, the storage reservation's known issue) and torch.fx's ``is_fx_tracing`` note
+QUIET_LOGGERS = ("torchrec", "torch.fx._symbolic_trace")
+
+
+def quiet_libraries() -> None:
+    """Raise :data:`QUIET_LOGGERS` to ERROR in this process: ``--quiet`` ranks print errors only."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def train(cfg, data, out, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          budget: Optional[dict] = None) -> Optional[dict]:
+    """Train ``cfg`` on ``data`` in this torchrun process; rank 0 returns metrics.json, others None.
+
+    ``budget``: the pick of ``--budget-bytes`` (:func:`hqgnn.frontier.budget_record`), which rank 0
+    writes to the run folder (``budget.json``) once its checks have passed, as the single-process
+    ``hqgnn train`` does; not on ``--resume`` (the folder's own record stays). Rank 0 covers both
+    ``--nproc-per-node`` and a torchrun the user started. ``progress=False`` (``--quiet``) also
+    silences the libraries' warnings (:func:`quiet_libraries`)."""
+    if not progress:
+        quiet_libraries()
     require_torchrec()
     import torch
     import torch.distributed as dist
 
     from ..models import initial_model
-    from ..runs import clear_run
+    from ..runs import RunFolder, clear_run
     from .checkpoint import Checkpointer
     from .trainer import DistributedTrainer, check_supported
 
@@ -184,6 +206,8 @@ def train(cfg, data, out, resume: bool = False, overwrite: bool = False, progres
     try:
         if rank == 0 and overwrite and not resume:
             clear_run(out)  # the run files and the distributed ones (plan, sharded checkpoint, graph)
+        if rank == 0 and budget is not None and not resume:  # after the checks: a refused run writes no pick
+            RunFolder(out).write_budget(budget)
         dist.barrier()
         trainer = DistributedTrainer(cfg, initial_model(cfg, data), data, out, progress=progress)
         checkpoint = Checkpointer(out)
