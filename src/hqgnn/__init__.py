@@ -38,4 +38,6 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names (``__all__``) and the module's dunders: not the helpers this file imports
+    (``importlib``, ``TYPE_CHECKING``, ``annotations``) nor the submodules loaded so far."""
+    return sorted(set(__all__) | {name for name in globals() if name.startswith("__") and name.endswith("__")})

@@ -53,13 +53,27 @@ from ..storage import atomic_path
 from .artifact import PREAMBLE, read_artifact
 from .ids import check_k
 
-__all__ = ["DEFAULT_BATCH_USERS", "artifact_checksum", "parse_shard", "recommend_all", "shard_range"]
+__all__ = ["DEFAULT_BATCH_USERS", "artifact_checksum", "check_parquet_out", "parse_shard", "recommend_all",
+           "shard_range"]
 
 #: Users per batched search and per Parquet row group (204,800 rows at K = 100).
 DEFAULT_BATCH_USERS = 2048
 #: At most this many rows per block (so per row group), whatever ``batch_users``: a large K
 #: gets fewer users per block, and the memory of a block stays bounded (~40 MB of rows).
 MAX_BLOCK_ROWS = 1 << 20
+
+
+def check_parquet_out(out, flag: Optional[str] = None) -> None:
+    """Refuse an output path ``out`` that is not named ``*.parquet`` (any case), the only format
+    :func:`recommend_all` writes, before any work: the rule of ``hqgnn recommend --all-users``.
+
+    Raises :class:`~hqgnn.errors.ConfigError`, one line naming the argument and ``out`` as given:
+    ``out='x.csv': ...`` (``flag``: a CLI flag to name instead, ``--out x.csv: ...``)."""
+    suffix = Path(out).suffix
+    if suffix.lower() != ".parquet":
+        what = f"suffix {suffix!r} is not supported" if suffix else "no .parquet suffix"
+        shown = f"out={str(out)!r}" if flag is None else f"{flag} {out}"
+        raise ConfigError(f"{shown}: {what}: recommend_all writes Parquet only (name the file *.parquet)")
 
 
 def parse_shard(shard: Union[None, str, tuple]) -> tuple[int, int]:
@@ -150,15 +164,16 @@ def recommend_all(source, k: int, out, *, shard: Union[None, str, tuple] = None,
     (training + validation). ``progress``: a tqdm bar on stderr. ``compression``: Parquet codec.
 
     Returns ``{"path", "users", "rows", "k", "shard", "seconds", "users_per_s", "bytes",
-    "artifact_sha256"}``. Raises :class:`~hqgnn.errors.ConfigError` (bad shard, batch size,
-    backend), :class:`~hqgnn.index.errors.RetrievalError` (bad ``k``, an index without user
-    vectors) or :class:`~hqgnn.errors.CheckpointError` (bad artifact); nothing is left at
+    "artifact_sha256"}``. Raises :class:`~hqgnn.errors.ConfigError` (``out`` not named
+    ``*.parquet``: :func:`check_parquet_out`; bad shard, batch size, backend),
+    :class:`~hqgnn.index.errors.RetrievalError` (bad ``k``, an index without user vectors) or :class:`~hqgnn.errors.CheckpointError` (bad artifact); nothing is left at
     ``out`` after any error.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
+    check_parquet_out(out)  # the only format written: refused before the artifact is read
     i, n = parse_shard(shard)
     if isinstance(batch_users, bool) or not isinstance(batch_users, (int, np.integer)) or batch_users < 1:
         raise ConfigError(f"batch_users={batch_users!r} must be an integer >= 1")

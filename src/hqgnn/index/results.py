@@ -18,8 +18,8 @@ The order is items first, then scores -- the reverse of faiss's ``(D, I)``: a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -48,6 +48,14 @@ class Recommendations:
     :class:`SearchResult`); ``valid``: ``(q, k)`` bool, False on padding; ``kind``: ``"user"``
     (recommend) or ``"item"`` (similar items); ``fallback``: ``"popular"`` when the answer is
     the most popular items rather than the model's, else None. Padding always ends a row.
+
+    Rows (one per query): ``len(recs)`` is ``q``; ``recs[i]`` (an integer, negative counting
+    from the end) is a :class:`Recommendations` of row ``i`` alone: ``queries`` ``(1,)``,
+    ``items`` / ``scores`` / ``raw_scores`` / ``valid`` ``(1, k)``, the same ``kind`` and
+    ``fallback``; ``recs[a:b]`` (any slice) keeps those rows, ``(len(range(q)[a:b]), k)``. The
+    arrays are numpy views of this result's. An index outside ``-q .. q-1`` raises
+    :class:`IndexError`. ``items, scores = recs`` still unpacks the two ``(q, k)`` arrays
+    (iteration yields ``items`` then ``scores``, not the rows).
     """
 
     queries: np.ndarray
@@ -64,6 +72,27 @@ class Recommendations:
     def __iter__(self):
         """``items, scores = recs``: items first, as :class:`SearchResult` unpacks."""
         return iter((self.items, self.scores))
+
+    def __len__(self) -> int:
+        """``q``, the number of rows (queries), as :attr:`n_queries`."""
+        return len(self.queries)
+
+    def __getitem__(self, index: Union[int, slice]) -> "Recommendations":
+        """Row ``index`` (an integer, negative from the end) as a ``q = 1`` result, or the rows of a slice."""
+        q = len(self.queries)
+        if isinstance(index, slice):
+            rows = index
+        elif isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+            if not -q <= index < q:
+                valid = f"{-q} .. {q - 1}" if q else "none"
+                raise IndexError(f"Recommendations index {int(index)} is out of range for q={q} rows "
+                                 f"(valid indices: {valid})")
+            start = int(index) % q
+            rows = slice(start, start + 1)
+        else:
+            raise TypeError(f"Recommendations indices are integers or slices, not {type(index).__name__}")
+        return replace(self, queries=self.queries[rows], items=self.items[rows], scores=self.scores[rows],
+                       raw_scores=self.raw_scores[rows], valid=self.valid[rows])
 
     @property
     def n_queries(self) -> int:

@@ -130,12 +130,16 @@ def load_full_precision_run(run_dir, encoder: LightGCN, data, model: str, device
 
     ``model``: the method of the run being started (for the messages); ``device``: where the
     copy goes (the encoder's own device when None). Raises
-    :class:`~hqgnn.errors.CheckpointError` (naming ``run_dir/model.pt``) when the run has no
+    :class:`~hqgnn.errors.CheckpointError` naming ``from_run`` and ``run_dir`` (``no such
+    folder``) when there is no such folder, else naming ``run_dir/model.pt`` when the run has no
     trained model, is quantized, or differs in depth, layer weights, data or ``dim``."""
     from ..config import FULL_PRECISION_MODELS
     from ..runs import MODEL, load_checkpoint
 
     path = Path(run_dir) / MODEL
+    if not Path(run_dir).is_dir():  # a mistyped path is not a run that lacks its model
+        what = "not a folder" if Path(run_dir).exists() else "no such folder"
+        raise CheckpointError(f"setting from_run={str(run_dir)!r}: {what} (the folder of a trained lightgcn run)")
     if not path.is_file():
         raise CheckpointError(f"{path}: from_run has no trained model (train a lightgcn run first)")
     state = load_checkpoint(path)

@@ -79,11 +79,15 @@ def teacher_embeddings(run_dir, data) -> tuple[torch.Tensor, torch.Tensor]:
     ``(n_items, d_t)``; d_t, the teacher's dims, need not be the student's.
 
     Raises :class:`~hqgnn.errors.ConfigError` (one line naming ``distill_from`` and the value)
-    when the folder has no readable ``model.pt``, the run is not a full-precision ``lightgcn``
-    run, or it was trained on other data (another fingerprint or other sizes)."""
+    when there is no such folder (``no such folder``), the folder has no readable ``model.pt``,
+    the run is not a full-precision ``lightgcn`` run, or it was trained on other data (another
+    fingerprint or other sizes)."""
     from ..runs import MODEL, load_checkpoint
 
     path = Path(run_dir) / MODEL
+    if not Path(run_dir).is_dir():  # a mistyped path is not a run that lacks its model
+        what = "not a folder" if Path(run_dir).exists() else "no such folder"
+        raise _teacher_error(run_dir, f"{what} (no trained model there: the folder of a trained lightgcn run)")
     if not path.is_file():
         raise _teacher_error(run_dir, f"no trained model there ({MODEL} missing; train a lightgcn run first)")
     try:
