@@ -170,16 +170,13 @@ def cmd_recommend(args) -> int:
 def _recommend_all(args, backend_params: dict) -> int:
     """``hqgnn recommend --all-users --out FILE.parquet``: every user's top-K, streamed to Parquet."""
     from .errors import ConfigError
-    from .index.batch import parse_shard, recommend_all
+    from .index.batch import check_parquet_out, parse_shard, recommend_all
 
     if not args.all_users:
         raise ConfigError("--out and --shard go with --all-users (the top-K of every user, to a Parquet file)")
     if not args.out:
         raise ConfigError("--all-users needs --out FILE.parquet")
-    suffix = Path(args.out).suffix
-    if suffix.lower() != ".parquet":  # the only format written: refused before the artifact is read
-        what = f"suffix {suffix!r} is not supported" if suffix else "no .parquet suffix"
-        raise ConfigError(f"--out {args.out}: {what}: --all-users writes Parquet only (name the file *.parquet)")
+    check_parquet_out(args.out, flag="--out")  # the only format written: refused before the artifact is read
     shard = parse_shard(args.shard)  # a bad --shard fails before the artifact is read
     print(_json(recommend_all(args.artifact, args.k, args.out, shard=shard, backend=args.backend,
                               backend_params=backend_params, batch_users=args.batch_users, threads=args.threads,

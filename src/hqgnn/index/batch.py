@@ -73,7 +73,8 @@ def check_parquet_out(out, flag: Optional[str] = None) -> None:
     if suffix.lower() != ".parquet":
         what = f"suffix {suffix!r} is not supported" if suffix else "no .parquet suffix"
         shown = f"out={str(out)!r}" if flag is None else f"{flag} {out}"
-        raise ConfigError(f"{shown}: {what}: recommend_all writes Parquet only (name the file *.parquet)")
+        writer = "recommend_all" if flag is None else "--all-users"
+        raise ConfigError(f"{shown}: {what}: {writer} writes Parquet only (name the file *.parquet)")
 
 
 def parse_shard(shard: Union[None, str, tuple]) -> tuple[int, int]:
