@@ -160,14 +160,21 @@ def launch(args, nproc: int, cfg=None) -> int:
 #: the loggers whose warnings the ranks leave unsaid under ``--quiet``: TorchRec's planner (a topology
 #: constructed directly, the storage reservation's known issue) and torch.fx's ``is_fx_tracing`` note
 QUIET_LOGGERS = ("torchrec", "torch.fx._symbolic_trace")
+#: the modules whose Python warnings (``warnings.warn``) the ranks leave unsaid under ``--quiet``:
+#: TorchRec's planner (HeuristicalStorageReservation's FutureWarning) and torch.distributed.checkpoint
+#: (ShardedTensor's deprecation), printed at every start and resume
+QUIET_WARNINGS = r"(torchrec|fbgemm_gpu|torch)(\.|$)"
 
 
 def quiet_libraries() -> None:
-    """Raise :data:`QUIET_LOGGERS` to ERROR in this process: ``--quiet`` ranks print errors only."""
+    """Raise :data:`QUIET_LOGGERS` to ERROR and ignore the warnings of :data:`QUIET_WARNINGS` in
+    this process: ``--quiet`` ranks print errors only (hqgnn's own warnings still show)."""
     import logging
+    import warnings
 
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=QUIET_WARNINGS)
 
 
 def train(cfg, data, out, resume: bool = False, overwrite: bool = False, progress: bool = True,
