@@ -1,7 +1,8 @@
 """hqgnn: Hessian-aware quantized graph recommenders (HQ-GNN) and integer-only retrieval.
 
 The root is light: ``import hqgnn`` loads no submodule (and no torch); ``Recommender``,
-``Config``, ``InteractionData`` and ``load_dataset`` are imported on first use (PEP 562), so
+``Config``, ``InteractionData``, ``load_dataset`` and ``Recommendations`` (what every
+``recommend`` returns) are imported on first use (PEP 562), so
 ``import hqgnn.serving`` or ``import hqgnn.index`` does not load the trainer.
 """
 
@@ -18,14 +19,16 @@ _LAZY = {
     "Config": ".config",
     "InteractionData": ".data",
     "load_dataset": ".data",
+    "Recommendations": ".index.results",
 }
 
-__all__ = ["Recommender", "Config", "InteractionData", "load_dataset", "__version__"]
+__all__ = ["Recommender", "Config", "InteractionData", "load_dataset", "Recommendations", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never run
     from .api import Recommender
     from .config import Config
     from .data import InteractionData, load_dataset
+    from .index.results import Recommendations
 
 
 def __getattr__(name: str):

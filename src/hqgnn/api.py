@@ -309,15 +309,19 @@ class Recommender:
         ``-1`` (``""`` where item ids are strings) with score ``-inf``. ``result.found[r]`` is how many
         real items row ``r`` holds and ``result.valid`` is the ``(q, k)`` mask of them.
 
-        Raises :class:`~hqgnn.errors.DataError` for ``k`` out of range, and the engine's
-        error naming an unknown user id; :class:`~hqgnn.errors.ConfigError` before fit / load.
+        Raises :class:`~hqgnn.errors.DataError` for ``k`` not an integer in 1 .. n_items, and the
+        engine's error naming an unknown user id or ``user_ids`` deeper than 1-d; :class:`~hqgnn.errors.ConfigError` before fit / load.
         """
         self._need_model()
         n_items = self.data.n_items
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n_items:
-            raise DataError(f"k={k!r} is out of range: expected 1 .. {n_items}")
-        return self.index(backend, **backend_params).recommend(np.atleast_1d(np.asarray(user_ids)), k=int(k),
-                                                               exclude_seen=exclude_seen)
+        from .index.ids import id_array, short_repr
+
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):  # check_k's wording (recommend_all)
+            raise DataError(f"k={short_repr(k)} must be an integer in 1 .. {n_items}")
+        if not 1 <= int(k) <= n_items:
+            raise DataError(f"k={int(k)} is out of range: expected 1 .. {n_items}")
+        users = id_array(user_ids, "user_ids", "user")  # [[0, 1]]: one line naming the shape, not numpy's error
+        return self.index(backend, **backend_params).recommend(users, k=int(k), exclude_seen=exclude_seen)
 
 
 #: the name :meth:`Recommender.recommend`'s result had before it became the engine's

@@ -30,12 +30,30 @@ def _jsonable(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+def _check_output(value: Optional[str], flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: empty or blank (the
+    current folder), a folder where a file goes (a non-folder where a folder goes), or a path
+    below a file. One line naming ``flag`` and the value as written (``--out ''``)."""
+    if value is None:
+        return
+    from .storage import output_path_problem
+
+    problem = output_path_problem(value, folder=folder)
+    if problem is not None:
+        import shlex
+
+        if value.strip():
+            raise ConfigError(f"{flag} {value}: {problem}")
+        raise ConfigError(f"{flag} {shlex.quote(value)}: {problem}; name the output {'folder' if folder else 'file'}")
+
+
 # ---------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     from .api import Recommender, prepare_data
     from .config import Config
     from .runs import BUDGET, RunFolder, clear_run
 
+    _check_output(args.out, "--out", folder=True)  # '' would train into (and --overwrite clear) the current folder
     extra = {"model": args.model, "bits": args.bits, "seed": args.seed, "device": args.device, "from_run": args.from_run,
              "epochs": args.epochs, "data": args.data}
     out = Path(args.out)
@@ -142,6 +160,7 @@ def cmd_demo(args) -> int:
     """Train, export and time LightGCN, 4-bit and 1-bit HQ-GNN on the embedded synthetic data; print a table."""
     from .demo import run_demo
 
+    _check_output(args.out, "--out", folder=True)
     run_demo(args.out, config=args.config, overrides=args.set, device=args.device, quiet=args.quiet)
     return 0
 
@@ -149,6 +168,7 @@ def cmd_demo(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
+    _check_output(args.out_file, "out_file")  # before the run is read and quantized
     info = export_run(args.run_dir, args.out_file, data=args.data, format=args.format)
     if info.get("note"):
         print(f"hqgnn: note: {info['note']}", file=sys.stderr)
@@ -160,7 +180,7 @@ def cmd_recommend(args) -> int:
     from .index.recommender import recommend_from_artifact
 
     params = _backend_params(args)
-    if args.all_users or args.out or args.shard:
+    if args.all_users or args.out is not None or args.shard:
         return _recommend_all(args, params)
     print(_json(recommend_from_artifact(args.artifact, user=args.user, users_file=args.users, k=args.k,
                                         include_seen=args.include_seen, backend=args.backend, backend_params=params)))
@@ -174,8 +194,9 @@ def _recommend_all(args, backend_params: dict) -> int:
 
     if not args.all_users:
         raise ConfigError("--out and --shard go with --all-users (the top-K of every user, to a Parquet file)")
-    if not args.out:
+    if args.out is None:
         raise ConfigError("--all-users needs --out FILE.parquet")
+    _check_output(args.out, "--out")  # '', a folder, a path below a file: before the artifact is read
     check_parquet_out(args.out, flag="--out")  # the only format written: refused before the artifact is read
     shard = parse_shard(args.shard)  # a bad --shard fails before the artifact is read
     print(_json(recommend_all(args.artifact, args.k, args.out, shard=shard, backend=args.backend,
@@ -219,6 +240,7 @@ def _backend_flags(parser, default_help: str) -> None:
 def cmd_experiment(args) -> int:
     from .experiment import run_experiment
 
+    _check_output(args.out, "--out", folder=True)
     run_experiment(args.file, out_dir=args.out, progress=not args.quiet, shard=args.shard, seeds=args.seeds,
                    report_only=args.report_only, jobs=args.jobs, report=not args.no_report)
     return 0
@@ -356,9 +378,21 @@ def main(argv: Optional[list] = None) -> int:
     except BrokenPipeError:  # `hqgnn ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except OSError as exc:  # a path the OS refused (read-only, a file where a folder goes, ...): one line
+        print(f"hqgnn: error: {_os_error(exc)}", file=sys.stderr)
+        code = 2
     if getattr(args, "rank_process", False):
         rank_exit(code)
     return code
+
+
+def _os_error(exc: OSError) -> str:
+    """``path: reason`` of an OS error (both paths of a rename), else its message, on one line."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return " ".join(str(exc).split())
+    paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
+    return " ".join(f"{paths}: {reason}".split())
 
 
 def rank_exit(code: int) -> None:

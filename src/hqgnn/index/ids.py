@@ -45,6 +45,27 @@ def check_k(k: Any, n: int, what: str = "k", of: Optional[str] = None) -> int:
     return int(k)
 
 
+def id_array(ids: Any, name: str, what: str = "") -> np.ndarray:
+    """``ids`` (one id, or a sequence / array / iterable of ids) as a 1-d numpy array.
+
+    A string is one id (not its characters). Raises :class:`RetrievalError` naming ``name``
+    (the parameter) and the shape for anything deeper than one level (``[[0, 1]]``: a 2-d
+    list of ids; ragged nested lists too), instead of numpy's errors further on."""
+    label = f"{what} " if what else ""
+    expected = f"{name}: expected one {label}id or a 1-d sequence of {label}ids"
+    if not isinstance(ids, (str, bytes, np.ndarray, list, tuple)) and hasattr(ids, "__iter__"):
+        ids = list(ids)  # a generator, a set, a dict's keys
+    try:
+        arr = np.asarray(ids)
+    except ValueError:  # numpy refuses ragged nesting
+        raise RetrievalError(f"{expected}, got a ragged nested sequence") from None
+    if arr.ndim == 0:
+        return arr.reshape(1)
+    if arr.ndim != 1:
+        raise RetrievalError(f"{expected}, got shape {arr.shape}")
+    return arr
+
+
 class IdMap:
     """The original ids of one side (users or items) and their dense indices ``0 .. n-1``.
 
@@ -125,8 +146,9 @@ class IdMap:
     # ----- arrays of ids
     def to_index(self, ids: Sequence) -> np.ndarray:
         """``(q,)`` int64 dense indices of original ids (a sequence or array; ``"42"`` is 42 where
-        ids are integers). Raises :class:`RetrievalError` naming the first unknown id."""
-        arr = np.atleast_1d(np.asarray(ids))
+        ids are integers). Raises :class:`RetrievalError` naming the first unknown id, or the
+        shape of ``ids`` deeper than 1-d (:func:`id_array`)."""
+        arr = id_array(ids, f"{self.what}s", self.what)
         if arr.dtype.kind == "O":
             arr = arr.astype(str)
         if self.identity and arr.dtype.kind in "iu":

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import HQGNNError
-from .ids import check_k
+from .ids import check_k, id_array
 from .results import Recommendations
 
 
@@ -80,7 +80,7 @@ class ArtifactRecommender:
         :class:`~hqgnn.index.errors.RetrievalError` for an unknown user or ``k`` outside ``1 .. n_items``.
         """
         k = check_k(k, self.n_items)
-        return self.index.recommend(list(users), k=k, exclude_seen=exclude_seen)
+        return self.index.recommend(id_array(users, "users", "user"), k=k, exclude_seen=exclude_seen)
 
     def similar(self, item, k: int = 20) -> Recommendations:
         """The ``k`` items most similar to one original item id (the item itself excluded):

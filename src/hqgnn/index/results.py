@@ -54,8 +54,10 @@ class Recommendations:
     ``items`` / ``scores`` / ``raw_scores`` / ``valid`` ``(1, k)``, the same ``kind`` and
     ``fallback``; ``recs[a:b]`` (any slice) keeps those rows, ``(len(range(q)[a:b]), k)``. The
     arrays are numpy views of this result's. An index outside ``-q .. q-1`` raises
-    :class:`IndexError`. ``items, scores = recs`` still unpacks the two ``(q, k)`` arrays
-    (iteration yields ``items`` then ``scores``, not the rows).
+    :class:`IndexError`. ``items, scores = recs`` still unpacks the two ``(q, k)`` arrays:
+    iterating a ``Recommendations`` yields ``items`` then ``scores`` (for unpacking), not the
+    rows; loop over the rows with ``for i in range(len(recs)): recs[i]``.
+    Importable as ``from hqgnn import Recommendations``.
     """
 
     queries: np.ndarray

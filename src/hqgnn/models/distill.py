@@ -70,6 +70,20 @@ def _teacher_error(run_dir, why: str) -> ConfigError:
     return ConfigError(f"setting distill_from={str(run_dir)!r}: {why}")
 
 
+def check_teacher_folder(run_dir) -> Path:
+    """The teacher's ``model.pt`` path; raises :class:`~hqgnn.errors.ConfigError` (naming
+    ``distill_from`` and the value) when ``run_dir`` is no folder or holds no ``model.pt``."""
+    from ..runs import MODEL
+
+    path = Path(run_dir) / MODEL
+    if not Path(run_dir).is_dir():  # a mistyped path is not a run that lacks its model
+        what = "not a folder" if Path(run_dir).exists() else "no such folder"
+        raise _teacher_error(run_dir, f"{what} (no trained model there: the folder of a trained lightgcn run)")
+    if not path.is_file():
+        raise _teacher_error(run_dir, f"no trained model there ({MODEL} missing; train a lightgcn run first)")
+    return path
+
+
 def teacher_embeddings(run_dir, data) -> tuple[torch.Tensor, torch.Tensor]:
     """The final (user, item) embeddings of the float run ``run_dir``, float64 on the CPU.
 
@@ -82,14 +96,9 @@ def teacher_embeddings(run_dir, data) -> tuple[torch.Tensor, torch.Tensor]:
     when there is no such folder (``no such folder``), the folder has no readable ``model.pt``,
     the run is not a full-precision ``lightgcn`` run, or it was trained on other data (another
     fingerprint or other sizes)."""
-    from ..runs import MODEL, load_checkpoint
+    path = check_teacher_folder(run_dir)
+    from ..runs import load_checkpoint
 
-    path = Path(run_dir) / MODEL
-    if not Path(run_dir).is_dir():  # a mistyped path is not a run that lacks its model
-        what = "not a folder" if Path(run_dir).exists() else "no such folder"
-        raise _teacher_error(run_dir, f"{what} (no trained model there: the folder of a trained lightgcn run)")
-    if not path.is_file():
-        raise _teacher_error(run_dir, f"no trained model there ({MODEL} missing; train a lightgcn run first)")
     try:
         state = load_checkpoint(path)
     except CheckpointError as exc:
@@ -155,6 +164,7 @@ def teacher_rankings(run_dir, data, top: int) -> torch.Tensor:
     """The teacher's lists: :func:`top_items` of :func:`teacher_embeddings` (int64
     ``(n_users, top)`` on the CPU). Raises :class:`~hqgnn.errors.ConfigError` as
     :func:`teacher_embeddings` does, and when ``top`` exceeds the number of items."""
+    check_teacher_folder(run_dir)  # a missing teacher is the real problem, before a (default) distill_top
     if top > data.n_items:
         raise ConfigError(f"setting distill_top={top} is out of range: the data has {data.n_items} items")
     users, items = teacher_embeddings(run_dir, data)
