@@ -112,13 +112,15 @@ SMALL = dict(dim=8, layers=1, epochs=1, batch_size=256, threads=1, device="cpu",
              early_stop_metric="recall@20", eval_every=1, patience=0)
 
 
-def test_a_missing_from_run_folder_says_no_such_folder(tiny_data, tmp_path):
+@pytest.mark.parametrize("setting, more, error", [("from_run", {}, CheckpointError),
+                                                   ("distill_from", {"distill_top": 10}, ConfigError)])
+def test_a_missing_run_folder_says_no_such_folder(tiny_data, tmp_path, setting, more, error):
     missing = tmp_path / "no-run-here"
-    rec = Recommender(model="hqgnn", bits=1, from_run=str(missing), **SMALL)
-    with pytest.raises(CheckpointError) as err:
+    rec = Recommender(model="hqgnn", bits=1, **{setting: str(missing)}, **more, **SMALL)
+    with pytest.raises(error) as err:
         rec.fit(tiny_data, progress=False)
     msg = str(err.value)
-    assert msg.startswith(f"setting from_run={str(missing)!r}: no such folder") and "\n" not in msg, msg
+    assert msg.startswith(f"setting {setting}={str(missing)!r}: no such folder") and "\n" not in msg, msg
     assert "model.pt" not in msg
 
 
@@ -129,16 +131,6 @@ def test_a_from_run_folder_without_its_model_still_says_so(tiny_data, tmp_path):
         Recommender(model="hqgnn", bits=1, from_run=str(empty), **SMALL).fit(tiny_data, progress=False)
     msg = str(err.value)
     assert msg == f"{empty / 'model.pt'}: from_run has no trained model (train a lightgcn run first)", msg
-
-
-def test_a_missing_distill_from_folder_says_no_such_folder(tiny_data, tmp_path):
-    missing = tmp_path / "no-teacher-here"
-    rec = Recommender(model="hqgnn", bits=1, distill_from=str(missing), distill_top=10, **SMALL)
-    with pytest.raises(ConfigError) as err:
-        rec.fit(tiny_data, progress=False)
-    msg = str(err.value)
-    assert msg.startswith(f"setting distill_from={str(missing)!r}: no such folder") and "\n" not in msg, msg
-    assert "model.pt" not in msg
 
 
 def test_a_distill_from_folder_without_its_model_still_says_so(tiny_data, tmp_path):

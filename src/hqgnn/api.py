@@ -314,14 +314,15 @@ class Recommender:
         """
         self._need_model()
         n_items = self.data.n_items
-        from .index.ids import id_array, short_repr
+        from .index.errors import RetrievalError
+        from .index.ids import check_k, id_array
 
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):  # check_k's wording (recommend_all)
-            raise DataError(f"k={short_repr(k)} must be an integer in 1 .. {n_items}")
-        if not 1 <= int(k) <= n_items:
-            raise DataError(f"k={int(k)} is out of range: expected 1 .. {n_items}")
+        try:
+            k = check_k(k, n_items)  # recommend_all's rule and wording, raised as this method's DataError
+        except RetrievalError as exc:
+            raise DataError(str(exc)) from None
         users = id_array(user_ids, "user_ids", "user")  # [[0, 1]]: one line naming the shape, not numpy's error
-        return self.index(backend, **backend_params).recommend(users, k=int(k), exclude_seen=exclude_seen)
+        return self.index(backend, **backend_params).recommend(users, k=k, exclude_seen=exclude_seen)
 
 
 #: the name :meth:`Recommender.recommend`'s result had before it became the engine's

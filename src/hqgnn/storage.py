@@ -72,6 +72,15 @@ def output_path_problem(path: str | os.PathLike, folder: bool = False) -> Option
     return None
 
 
+def folder_problem(path: str | os.PathLike) -> Optional[str]:
+    """Why ``path`` is not an existing folder (``"no such folder"``, ``"not a folder"``), or None:
+    a mistyped run folder told apart from a run that lacks its files."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    return "not a folder" if path.exists() else "no such folder"
+
+
 def _naming(exc: OSError, path: Path) -> OSError:
     """``exc`` (same type, errno and reason) naming ``path`` instead of the file the OS call was given."""
     if exc.errno is None:

@@ -135,11 +135,12 @@ def load_full_precision_run(run_dir, encoder: LightGCN, data, model: str, device
     trained model, is quantized, or differs in depth, layer weights, data or ``dim``."""
     from ..config import FULL_PRECISION_MODELS
     from ..runs import MODEL, load_checkpoint
+    from ..storage import folder_problem
 
     path = Path(run_dir) / MODEL
-    if not Path(run_dir).is_dir():  # a mistyped path is not a run that lacks its model
-        what = "not a folder" if Path(run_dir).exists() else "no such folder"
-        raise CheckpointError(f"setting from_run={str(run_dir)!r}: {what} (the folder of a trained lightgcn run)")
+    problem = folder_problem(run_dir)  # a mistyped path is not a run that lacks its model
+    if problem is not None:
+        raise CheckpointError(f"setting from_run={str(run_dir)!r}: {problem} (the folder of a trained lightgcn run)")
     if not path.is_file():
         raise CheckpointError(f"{path}: from_run has no trained model (train a lightgcn run first)")
     state = load_checkpoint(path)

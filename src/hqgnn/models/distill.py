@@ -74,11 +74,12 @@ def check_teacher_folder(run_dir) -> Path:
     """The teacher's ``model.pt`` path; raises :class:`~hqgnn.errors.ConfigError` (naming
     ``distill_from`` and the value) when ``run_dir`` is no folder or holds no ``model.pt``."""
     from ..runs import MODEL
+    from ..storage import folder_problem
 
     path = Path(run_dir) / MODEL
-    if not Path(run_dir).is_dir():  # a mistyped path is not a run that lacks its model
-        what = "not a folder" if Path(run_dir).exists() else "no such folder"
-        raise _teacher_error(run_dir, f"{what} (no trained model there: the folder of a trained lightgcn run)")
+    problem = folder_problem(run_dir)  # a mistyped path is not a run that lacks its model
+    if problem is not None:
+        raise _teacher_error(run_dir, f"{problem} (no trained model there: the folder of a trained lightgcn run)")
     if not path.is_file():
         raise _teacher_error(run_dir, f"no trained model there ({MODEL} missing; train a lightgcn run first)")
     return path
