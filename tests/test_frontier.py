@@ -177,6 +177,23 @@ def test_train_budget_errors_are_one_line(tmp_path, capsys, args, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_budget_run_refused_by_its_teacher_leaves_no_pick(tmp_path, capsys, existing):
+    """The teacher is read once training starts, after budget.json: a refused run takes its pick
+    back (and the folder it created), so no later --resume finds a pick with nothing to resume."""
+    out = tmp_path / "run"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    code = main(["train", "--data", "synthetic", "--out", str(out), "--epochs", "1", "--quiet", "--budget-bytes", "8",
+                 "--set", *SMALL, f"distill_from={tmp_path / 'no-teacher'}", "distill_weight=0.3"])
+    assert code == 2 and "no such folder" in capsys.readouterr().err
+    if existing:
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    else:
+        assert not out.exists()
+
+
 def test_recommender_budget_bytes():
     best = _best_shipped(16)
     rec = Recommender(budget_bytes=16, epochs=1)

@@ -122,9 +122,18 @@ def cmd_train(args) -> int:
     check_cutoffs(cfg.ks, data.n_items, hint=KS_HINT)
     if args.overwrite and not args.resume:
         clear_run(out)  # a diverged or interrupted rerun must not leave the old results beside its own
-    if record is not None and not args.resume:  # a refused resume must not leave a pick the run was not trained with
+    picked = record is not None and not args.resume  # a refused resume must not leave a pick the run was not trained with
+    created = not out.exists()
+    if picked:
         RunFolder(out).write_budget(record)
-    metrics = rec.fit(data, out_dir=out, resume=args.resume, progress=not args.quiet)
+    try:
+        metrics = rec.fit(data, out_dir=out, resume=args.resume, progress=not args.quiet)
+    except BaseException:  # refused before its first checkpoint (a bad teacher, ...): no pick left behind
+        if picked and not (out / "checkpoint.pt").exists():
+            (out / BUDGET).unlink(missing_ok=True)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise
     print(_json(metrics))
     return 0
 
